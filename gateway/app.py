@@ -1,0 +1,98 @@
+"""The aiohttp application: the API, operations endpoints and the static pages of ``web/``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.util import find_spec
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.api import ROUTES, SERVICES_KEY, Call, Route, add_routes
+from gateway.http import METRICS_KEY, edge_middleware, json_response
+from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from gateway.openapi import build_document
+from gateway.services import Services
+from livecore import schemas
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def healthz(call: Call) -> web.StreamResponse:
+    """200 when PostgreSQL and Redis both answer within the timeout, else 503."""
+    services = call.services
+
+    async def check_postgres() -> str:
+        await asyncio.wait_for(services.pool.fetchval("SELECT 1"), HEALTH_TIMEOUT_S)
+        return "ok"
+
+    async def check_redis() -> str:
+        await asyncio.wait_for(services.redis.ping(), HEALTH_TIMEOUT_S)
+        return "ok"
+
+    results = {}
+    for name, check in (("postgres", check_postgres), ("redis", check_redis)):
+        try:
+            results[name] = await check()
+        except Exception as exc:  # any failure of the probe means "not healthy"
+            log.warning("health check failed", extra={"dependency": name, "error": repr(exc)})
+            results[name] = "unavailable"
+    healthy = all(value == "ok" for value in results.values())
+    payload = {"status": "ok" if healthy else "unavailable", **results}
+    return json_response(payload, status=200 if healthy else 503)
+
+
+async def metrics(call: Call) -> web.StreamResponse:
+    registry = call.request.app[METRICS_KEY]
+    live = await call.services.pool.fetchval("SELECT count(*) FROM streams WHERE state = 'live'")
+    registry.live_streams.set(live)
+    response = web.Response(body=registry.render())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi(call: Call) -> web.StreamResponse:
+    return json_response(OPENAPI_DOCUMENT)
+
+
+OPS_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, "Checks PostgreSQL and Redis.", "public", "operations",
+          response=schemas.HEALTH),
+    Route("GET", "/metrics", metrics, "Prometheus metrics (text format).", "public",
+          "operations", response={"type": "string"}),
+    Route("GET", "/api/v1/openapi.json", openapi, "This document.", "public", "operations",
+          response={"type": "object"}),
+)
+ALL_ROUTES = ROUTES + OPS_ROUTES
+OPENAPI_DOCUMENT = build_document(ALL_ROUTES)
+
+
+def web_dir() -> Path:
+    """The static pages: ``web/`` in a checkout, the ``livecore_web`` package when installed."""
+    # find_spec, not importlib.resources: ``livecore_web`` is a namespace package (no
+    # __init__.py in web/), which resources.files() cannot read on Python 3.11.
+    spec = find_spec("livecore_web")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("The static pages (livecore_web) are not installed.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def create_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[edge_middleware])
+    app[SERVICES_KEY] = services
+    metrics_registry = Metrics()
+    metrics_registry.track_pool(lambda: services.pool.get_size())
+    app[METRICS_KEY] = metrics_registry
+    add_routes(app, ALL_ROUTES)
+    pages = web_dir()
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(pages / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", pages, append_version=False)
+    return app
+

@@ -1,0 +1,305 @@
+"""The ``livecore`` command.
+
+    livecore serve                 the HTTP gateway (embedded PostgreSQL and Redis when
+                                   DATABASE_URL / REDIS_URL are unset)
+    livecore migrate               apply pending database migrations, then exit
+    livecore worker                background jobs (idles until the gift issue gives it work)
+    livecore user create NAME      create an account with roles (bootstrap an admin)
+    livecore user roles NAME       replace an account's roles
+
+Settings come from the environment (see docs/configuration.md); this module is the only
+place that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway import auth
+from gateway.app import create_app
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServers
+from gateway.logs import configure_logging
+from gateway.services import Services, connect_redis, utc_now
+from gateway.store import PostgresAccounts
+from ledger import postgres
+from ledger.migrate import migrate
+from livecore.accounts import (
+    Role,
+    check_password,
+    normalise_roles,
+    parse_birthdate,
+    parse_username,
+    sorted_roles,
+)
+from livecore.errors import LivecoreError, NotFound
+from livecore.ids import UserId
+from livecore.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0
+ATTACH_TIMEOUT_S = 60.0
+
+
+def say(message: str) -> None:
+    """What a person at the terminal should read (logs go to stderr as JSON)."""
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL: DATABASE_URL, or the embedded PostgreSQL for as long as needed."""
+    if settings.database_url is not None:
+        yield settings.database_url.reveal()
+        return
+    embedded = EmbeddedPostgres(Path(settings.data_dir).resolve() / "postgres")
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+@contextlib.contextmanager
+def backends(settings: Settings) -> Iterator[tuple[str, str, str]]:
+    """(database URL, Redis URL, description) for ``serve``, starting what is embedded."""
+    data_dir = Path(settings.data_dir).resolve()
+    embedded: EmbeddedServers | None = None
+    database_url = settings.database_url.reveal() if settings.database_url else None
+    redis_url = settings.redis_url.reveal() if settings.redis_url else None
+    if database_url is None or redis_url is None:
+        embedded = EmbeddedServers(data_dir)
+        if database_url is None:
+            database_url = embedded.postgres.start()
+        if redis_url is None:
+            try:
+                embedded.redis.start()
+            except BaseException:
+                embedded.stop()
+                raise
+            redis_url = embedded.redis.url
+    db_text = (
+        redact_url(database_url)
+        if settings.database_url
+        else f"embedded PostgreSQL in {data_dir / 'postgres'}"
+    )
+    redis_text = (
+        redact_url(redis_url) if settings.redis_url else f"embedded Redis in {data_dir / 'redis'}"
+    )
+    try:
+        yield database_url, redis_url, f"database: {db_text}\nredis:    {redis_text}"
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def run_migrations(database_url: str) -> list[str]:
+    conn = await postgres.connect(database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def _stop_event() -> asyncio.Event:
+    """Set on SIGINT or SIGTERM, so shutdown is graceful whichever arrives."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def serve(settings: Settings, database_url: str, redis_url: str, description: str) -> None:
+    stop = _stop_event()
+    applied = await run_migrations(database_url)
+    if applied:
+        log.info("migrations applied", extra={"migrations": applied})
+    services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
+    runner = web.AppRunner(
+        create_app(services), access_log=None, handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        say(f"Livecore serving on http://{shown}:{port}\n{description}\nPress Ctrl-C to stop.")
+        await stop.wait()
+        say("Stopping: finishing requests in flight...")
+    finally:
+        # Stops accepting, lets handlers in flight finish (up to the timeout), closes sockets.
+        await runner.cleanup()
+        await services.close()
+
+
+async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
+    stop = _stop_event()
+    services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
+    say("Livecore worker running; press Ctrl-C to stop.")
+    key = settings.redis_prefix + "worker:heartbeat:" + str(os.getpid())
+    try:
+        while not stop.is_set():
+            # Nothing to do yet: gift reconciliation and payouts arrive with later issues.
+            await services.redis.set(key, utc_now().isoformat(), ex=settings.worker_interval_s * 3)
+            log.debug("worker idle pass")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.worker_interval_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await services.redis.delete(key)
+        await services.close()
+    say("Worker stopped.")
+
+
+async def _attach_embedded_redis(settings: Settings, data_dir: Path) -> str:
+    """The worker shares ``serve``'s embedded Redis; it waits for it rather than starting one."""
+    if settings.redis_url is not None:
+        return settings.redis_url.reveal()
+    embedded = EmbeddedRedis(data_dir / "redis")
+    deadline = asyncio.get_running_loop().time() + ATTACH_TIMEOUT_S
+    while not embedded.is_running():
+        if asyncio.get_running_loop().time() > deadline:
+            raise LivecoreError(
+                "No Redis: set REDIS_URL, or start `livecore serve` (its embedded Redis) first."
+            )
+        await asyncio.sleep(0.5)
+    client = await connect_redis(embedded.url)
+    await client.aclose()
+    return embedded.url
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise LivecoreError("No terminal to ask for a password: use --password-stdin.")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise LivecoreError("The passwords differ.")
+    return first
+
+
+async def create_user(database_url: str, args: argparse.Namespace, password: str) -> str:
+    now = utc_now()
+    username = parse_username(args.username)
+    check_password(password, username=username)
+    birthdate = parse_birthdate(args.birthdate, today=now.date(), min_age_years=0)
+    roles = normalise_roles(args.role or [])
+    pool = await postgres.create_pool(database_url, max_size=2)
+    try:
+        accounts = PostgresAccounts(pool)
+        account = await accounts.create(
+            user_id=UserId(uuid.uuid4()),
+            username=username,
+            password_hash=await auth.hash_password(password),
+            birthdate=birthdate,
+            roles={Role.VIEWER},
+            now=now,
+        )
+        if roles != account.roles:
+            account = await accounts.set_roles(
+                account.id, roles, actor_id=None, reason="created from the shell", now=now
+            )
+    finally:
+        await pool.close()
+    roles_text = ", ".join(sorted_roles(account.roles))
+    return f"Created {account.username} ({account.id}) with roles {roles_text}."
+
+
+async def set_roles(database_url: str, args: argparse.Namespace) -> str:
+    username = parse_username(args.username)
+    pool = await postgres.create_pool(database_url, max_size=2)
+    try:
+        accounts = PostgresAccounts(pool)
+        found = await accounts.credentials(username)
+        if found is None:
+            raise NotFound(f"No user named {username!r}.", code="user_not_found")
+        account = await accounts.set_roles(
+            found[0].id, normalise_roles(args.role or []), actor_id=None,
+            reason="set from the shell", now=utc_now(),
+        )
+    finally:
+        await pool.close()
+    return f"{account.username} now has roles {', '.join(sorted_roles(account.roles))}."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livecore", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP gateway")
+    commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser("worker", help="run background jobs")
+    user = commands.add_parser("user", help="manage accounts from the shell")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    role_help = f"a role to hold (repeatable): {', '.join(r.value for r in Role)}"
+    create = user_commands.add_parser("create", help="create an account")
+    create.add_argument("username")
+    create.add_argument("--role", action="append", choices=[r.value for r in Role], help=role_help)
+    create.add_argument("--birthdate", required=True, help="YYYY-MM-DD")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    roles = user_commands.add_parser("roles", help="replace an account's roles")
+    roles.add_argument("username")
+    roles.add_argument("--role", action="append", choices=[r.value for r in Role], help=role_help)
+    return parser
+
+
+def run(argv: list[str] | None, environ: dict[str, str] | Any) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(environ)
+    except LivecoreError as exc:
+        print(f"livecore: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            with backends(settings) as (database_url, redis_url, description):
+                asyncio.run(serve(settings, database_url, redis_url, description))
+            say("Stopped.")
+        elif args.command == "migrate":
+            with database(settings) as database_url:
+                applied = asyncio.run(run_migrations(database_url))
+            say(f"Applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}.")
+        elif args.command == "worker":
+            with database(settings) as database_url:
+                data_dir = Path(settings.data_dir).resolve()
+                asyncio.run(_run_worker(settings, database_url, data_dir))
+        elif args.command == "user":
+            password = _read_password(args) if args.user_command == "create" else ""
+            with database(settings) as database_url:
+                asyncio.run(run_migrations(database_url))
+                if args.user_command == "create":
+                    say(asyncio.run(create_user(database_url, args, password)))
+                else:
+                    say(asyncio.run(set_roles(database_url, args)))
+    except LivecoreError as exc:
+        print(f"livecore: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_worker(settings: Settings, database_url: str, data_dir: Path) -> None:
+    await worker(settings, database_url, await _attach_embedded_redis(settings, data_dir))
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:], os.environ))
+

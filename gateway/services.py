@@ -1,0 +1,74 @@
+"""The connections and adapters one server process holds, opened and closed together."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from gateway.auth import LoginThrottle
+from gateway.store import PostgresAccounts, PostgresStreams
+from ledger.postgres import create_pool
+from livecore.errors import ServiceUnavailable
+from livecore.settings import Settings
+
+REDIS_TIMEOUT_S = 5.0
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def connect_redis(url: str) -> aioredis.Redis:
+    client: aioredis.Redis = aioredis.from_url(
+        url,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=30,
+    )
+    try:
+        await client.ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        await client.aclose()
+        raise ServiceUnavailable(f"Redis is unreachable: {exc}", code="redis_unavailable") from exc
+    return client
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: Any
+    redis: aioredis.Redis
+    clock: Callable[[], dt.datetime] = utc_now
+    accounts: PostgresAccounts = field(init=False)
+    streams: PostgresStreams = field(init=False)
+    throttle: LoginThrottle = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accounts = PostgresAccounts(self.pool)
+        self.streams = PostgresStreams(self.pool)
+        self.throttle = LoginThrottle(
+            self.redis,
+            prefix=self.settings.redis_prefix,
+            max_failures=self.settings.login_max_failures,
+            max_failures_per_ip=self.settings.login_max_failures_per_ip,
+            window_s=self.settings.login_window_s,
+        )
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, database_url: str, redis_url: str) -> Services:
+        pool = await create_pool(database_url, max_size=settings.db_pool_max)
+        try:
+            client = await connect_redis(redis_url)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(settings=settings, pool=pool, redis=client)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.pool.close()

@@ -1,0 +1,56 @@
+"""The PostgreSQL connection pool, and which of its exceptions mean "the database is away".
+
+Those exceptions are translated to :class:`livecore.errors.ServiceUnavailable` (503, retryable)
+at the gateway's error boundary; any other database error is a bug and answers 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from livecore.errors import ServiceUnavailable
+
+#: Raised by asyncpg (or the socket under it) when the server is down, restarting or unreachable.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 30.0
+
+
+async def create_pool(url: str, *, max_size: int) -> Any:
+    """An asyncpg pool; fails fast with :class:`ServiceUnavailable` if nobody answers."""
+    try:
+        return await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S,
+            # Money is written here: keep synchronous_commit on (the server default).
+            server_settings={"application_name": "livecore", "timezone": "UTC"},
+        )
+    except UNAVAILABLE_ERRORS as exc:
+        raise ServiceUnavailable(
+            f"PostgreSQL is unreachable: {exc}", code="database_unavailable"
+        ) from exc
+
+
+async def connect(url: str) -> Any:
+    """One connection, for the command line (migrations, admin commands)."""
+    try:
+        return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    except UNAVAILABLE_ERRORS as exc:
+        raise ServiceUnavailable(
+            f"PostgreSQL is unreachable: {exc}", code="database_unavailable"
+        ) from exc

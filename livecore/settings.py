@@ -1,0 +1,235 @@
+"""Configuration, read once from the environment at an entry point.
+
+Modelled on starlette's ``Config``: every variable is declared here once, with its type, its
+default and one line of documentation; values are cast strictly (``PORT=eighty`` fails at
+start-up with a message naming the variable, it does not fall back to a default); secrets are
+wrapped in :class:`Secret` so that printing the settings never shows them. ``docs/configuration.md``
+lists every variable, and a test keeps that list and this module in step.
+
+Standard names are used where they exist (``PORT``, ``DATABASE_URL``, ``REDIS_URL``); everything
+else carries the ``LIVECORE_`` prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from livecore.errors import SettingsError
+
+
+class Secret:
+    """A string that hides itself in ``repr``/``str``; call :meth:`reveal` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact_url(url: str) -> str:
+    """A connection URL with its password replaced, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _env(name: str, doc: str) -> dict[str, str]:
+    return {"env": name, "doc": doc}
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told. Build it with :meth:`from_env`."""
+
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_env("LIVECORE_HOST", "Address the HTTP server binds to (0.0.0.0 for all)."),
+    )
+    port: int = field(default=8080, metadata=_env("PORT", "TCP port of the HTTP server."))
+    database_url: Secret | None = field(
+        default=None,
+        metadata=_env(
+            "DATABASE_URL",
+            "PostgreSQL URL. Unset: an embedded PostgreSQL runs in LIVECORE_DATA_DIR.",
+        ),
+    )
+    redis_url: Secret | None = field(
+        default=None,
+        metadata=_env(
+            "REDIS_URL", "Redis URL. Unset: an embedded Redis runs in LIVECORE_DATA_DIR."
+        ),
+    )
+    data_dir: str = field(
+        default=".livecore",
+        metadata=_env("LIVECORE_DATA_DIR", "Directory for the embedded servers' data."),
+    )
+    redis_prefix: str = field(
+        default="livecore:",
+        metadata=_env("LIVECORE_REDIS_PREFIX", "Prefix of every Redis key this server writes."),
+    )
+    public_url: str | None = field(
+        default=None,
+        metadata=_env(
+            "LIVECORE_PUBLIC_URL",
+            "Public base URL (https://live.example.com) used in absolute URLs such as whip_url; "
+            "unset: taken from each request's Host.",
+        ),
+    )
+    log_level: str = field(
+        default="INFO", metadata=_env("LIVECORE_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.")
+    )
+    max_body_bytes: int = field(
+        default=64 * 1024,
+        metadata=_env("LIVECORE_MAX_BODY_BYTES", "Largest accepted HTTP API request body."),
+    )
+    token_ttl_s: int = field(
+        default=30 * 24 * 3600,
+        metadata=_env("LIVECORE_TOKEN_TTL_S", "Lifetime of a login bearer token, in seconds."),
+    )
+    login_max_failures: int = field(
+        default=5,
+        metadata=_env(
+            "LIVECORE_LOGIN_MAX_FAILURES",
+            "Failed logins per username within the window before logins are refused (429).",
+        ),
+    )
+    login_max_failures_per_ip: int = field(
+        default=50,
+        metadata=_env(
+            "LIVECORE_LOGIN_MAX_FAILURES_PER_IP",
+            "Failed logins per client address within the window before logins are refused.",
+        ),
+    )
+    login_window_s: int = field(
+        default=15 * 60,
+        metadata=_env("LIVECORE_LOGIN_WINDOW_S", "Window of the login throttle, in seconds."),
+    )
+    min_signup_age: int = field(
+        default=13,
+        metadata=_env("LIVECORE_MIN_SIGNUP_AGE", "Youngest age, in years, that may register."),
+    )
+    db_pool_max: int = field(
+        default=10,
+        metadata=_env("LIVECORE_DB_POOL_MAX", "Most PostgreSQL connections per process."),
+    )
+    trust_proxy_headers: bool = field(
+        default=False,
+        metadata=_env(
+            "LIVECORE_TRUST_PROXY_HEADERS",
+            "Take the client address from X-Forwarded-For (only behind a trusted proxy).",
+        ),
+    )
+    worker_interval_s: int = field(
+        default=30,
+        metadata=_env("LIVECORE_WORKER_INTERVAL_S", "Seconds between background worker passes."),
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Cast the variables that are set; every problem is reported at once."""
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _cast(f.type, raw.strip())
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise SettingsError("Invalid settings: " + "; ".join(problems))
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Rules that span values or ranges; raises :class:`SettingsError`."""
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append("PORT must be between 0 and 65535")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            problems.append(f"LIVECORE_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        positive = (
+            "max_body_bytes",
+            "token_ttl_s",
+            "login_max_failures",
+            "login_max_failures_per_ip",
+            "login_window_s",
+            "db_pool_max",
+            "worker_interval_s",
+        )
+        for f in dataclasses.fields(self):
+            if f.name in positive and getattr(self, f.name) <= 0:
+                problems.append(f"{f.metadata['env']} must be positive")
+        if self.min_signup_age < 0:
+            problems.append("LIVECORE_MIN_SIGNUP_AGE must not be negative")
+        public_scheme = urlsplit(self.public_url).scheme if self.public_url else "https"
+        if public_scheme not in {"http", "https"}:
+            problems.append("LIVECORE_PUBLIC_URL must be an http:// or https:// URL")
+        for secret_url, schemes in (
+            (self.database_url, {"postgres", "postgresql"}),
+            (self.redis_url, {"redis", "rediss", "unix"}),
+        ):
+            if secret_url is not None and urlsplit(secret_url.reveal()).scheme not in schemes:
+                problems.append(f"URL scheme must be one of {', '.join(sorted(schemes))}")
+        if problems:
+            raise SettingsError("Invalid settings: " + "; ".join(problems))
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, description) for every setting, in declaration order."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = "" if f.default is None else str(f.default)
+            rows.append((f.metadata["env"], default, f.metadata["doc"]))
+        return rows
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _cast(annotation: Any, raw: str) -> Any:
+    # Annotations are strings under ``from __future__ import annotations``.
+    kind = str(annotation)
+    if kind.startswith("int"):
+        try:
+            return int(raw, 10)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if kind.startswith("bool"):
+        lowered = raw.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if kind.startswith("Secret"):
+        return Secret(raw)
+    return raw
