@@ -9,11 +9,14 @@ table as the OpenAPI document, so the document cannot drift from the endpoints.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import redis.exceptions
 from aiohttp import web
 
 from gateway import auth
@@ -36,6 +39,8 @@ from livecore.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Un
 from livecore.ids import StreamId, TokenId, UserId, parse_stream_id, parse_token_id, parse_user_id
 from livecore.pagination import decode_cursor, encode_cursor, parse_limit
 from livecore.streams import Stream, StreamEvent, StreamState, StreamText
+
+log = logging.getLogger(__name__)
 
 SERVICES_KEY = web.AppKey("services", Services)
 
@@ -130,7 +135,7 @@ def dispatch(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 # -- serialisation ------------------------------------------------------------------------
 
 
-def _time(value: dt.datetime | None) -> str | None:
+def iso_time(value: dt.datetime | None) -> str | None:
     return None if value is None else value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -140,7 +145,7 @@ def user_json(account: Account, now: dt.datetime, *, private: bool = False) -> d
         "username": account.username,
         "roles": sorted_roles(account.roles),
         "is_adult": is_adult(account.birthdate, now.date()),
-        "created_at": _time(account.created_at),
+        "created_at": iso_time(account.created_at),
     }
     if private:
         data["birthdate"] = account.birthdate.isoformat()
@@ -163,9 +168,9 @@ def stream_json(call: Call, stream: Stream) -> dict[str, Any]:
         "title": stream.title,
         "description": stream.description,
         "state": stream.state.value,
-        "created_at": _time(stream.created_at),
-        "started_at": _time(stream.started_at),
-        "ended_at": _time(stream.ended_at),
+        "created_at": iso_time(stream.created_at),
+        "started_at": iso_time(stream.started_at),
+        "ended_at": iso_time(stream.ended_at),
         "whep_url": f"{base}/whep/{stream.id}",
         "hls_url": f"{base}/hls/{stream.id}/index.m3u8",
     }
@@ -179,8 +184,8 @@ def stream_json(call: Call, stream: Stream) -> dict[str, Any]:
 def token_json(token: TokenInfo, current: TokenId | None) -> dict[str, Any]:
     return {
         "id": str(token.id),
-        "created_at": _time(token.created_at),
-        "expires_at": _time(token.expires_at),
+        "created_at": iso_time(token.created_at),
+        "expires_at": iso_time(token.expires_at),
         "is_current": token.id == current,
     }
 
@@ -246,7 +251,7 @@ async def login(call: Call) -> web.StreamResponse:
         {
             "token": token,
             "token_id": str(token_id),
-            "expires_at": _time(expires_at),
+            "expires_at": iso_time(expires_at),
             "user": user_json(account, call.now, private=True),
         }
     )
@@ -386,7 +391,7 @@ async def get_stream(call: Call) -> web.StreamResponse:
     return json_response(stream_json(call, stream))
 
 
-async def _owned_or_moderated(call: Call, *, owner_only: bool = False) -> Stream:
+async def owned_or_moderated(call: Call, *, owner_only: bool = False) -> Stream:
     stream = await call.services.streams.get(parse_stream_id(call.request.match_info["stream_id"]))
     is_owner = stream.creator_id == call.account.id
     if not is_owner and (owner_only or not call.account.can(Permission.STREAM_MODERATE)):
@@ -395,7 +400,7 @@ async def _owned_or_moderated(call: Call, *, owner_only: bool = False) -> Stream
 
 
 async def update_stream(call: Call) -> web.StreamResponse:
-    stream = await _owned_or_moderated(call)
+    stream = await owned_or_moderated(call)
     title = call.body.get("title", stream.title)
     description = call.body.get("description", stream.description)
     text = StreamText.parse(title, description)
@@ -404,15 +409,28 @@ async def update_stream(call: Call) -> web.StreamResponse:
 
 
 async def rotate_stream_key(call: Call) -> web.StreamResponse:
-    stream = await _owned_or_moderated(call, owner_only=True)
+    stream = await owned_or_moderated(call, owner_only=True)
     updated = await call.services.streams.set_key(stream.id, auth.new_stream_key())
     return json_response(stream_json(call, updated))
 
 
 async def end_stream(call: Call) -> web.StreamResponse:
-    stream = await _owned_or_moderated(call)
+    stream = await owned_or_moderated(call)
     ended = await call.services.streams.transition(stream.id, StreamEvent.END, call.now)
+    await publish_state(call.services, ended)
     return json_response(stream_json(call, ended))
+
+
+async def publish_state(services: Services, stream: Stream) -> None:
+    """Tell the room the stream's new state. The state is already saved: if Redis is away the
+    event is lost, but every client's next snapshot carries the state, so this only logs."""
+    try:
+        await services.bus.publish(
+            str(stream.id), "stream.state", {"state": stream.state.value}, time.time()
+        )
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        log.warning("stream state not published", extra={"stream_id": str(stream.id),
+                                                          "error": repr(exc)})
 
 
 # -- the table ----------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.api import ROUTES, SERVICES_KEY, Call, Route, add_routes
+from gateway.chat_api import CHAT_ROUTES
 from gateway.http import METRICS_KEY, edge_middleware, json_response
+from gateway.hub import Hub
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.openapi import build_document
 from gateway.services import Services
@@ -66,7 +68,8 @@ OPS_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", openapi, "This document.", "public", "operations",
           response={"type": "object"}),
 )
-ALL_ROUTES = ROUTES + OPS_ROUTES
+ALL_ROUTES = ROUTES + CHAT_ROUTES + OPS_ROUTES
+HUB_KEY = web.AppKey("hub", Hub)
 OPENAPI_DOCUMENT = build_document(ALL_ROUTES)
 
 
@@ -87,6 +90,18 @@ def create_app(services: Services) -> web.Application:
     metrics_registry.track_pool(lambda: services.pool.get_size())
     app[METRICS_KEY] = metrics_registry
     add_routes(app, ALL_ROUTES)
+    hub = Hub(services)
+    app[HUB_KEY] = hub
+    app.router.add_get("/ws", hub.handle)
+
+    async def start_hub(app: web.Application) -> None:
+        await hub.start()
+
+    async def stop_hub(app: web.Application) -> None:
+        await hub.stop()
+
+    app.on_startup.append(start_hub)
+    app.on_shutdown.append(stop_hub)
     pages = web_dir()
 
     async def index(request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from gateway.auth import LoginThrottle
-from gateway.store import PostgresAccounts, PostgresStreams
+from gateway.roombus import RoomBus
+from gateway.store import PostgresAccounts, PostgresChat, PostgresStreams
 from ledger.postgres import create_pool
 from livecore.errors import ServiceUnavailable
 from livecore.settings import Settings
@@ -46,11 +47,15 @@ class Services:
     clock: Callable[[], dt.datetime] = utc_now
     accounts: PostgresAccounts = field(init=False)
     streams: PostgresStreams = field(init=False)
+    chat: PostgresChat = field(init=False)
     throttle: LoginThrottle = field(init=False)
+    bus: RoomBus = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = PostgresAccounts(self.pool)
         self.streams = PostgresStreams(self.pool)
+        self.chat = PostgresChat(self.pool)
+        self.bus = RoomBus(self.redis, self.settings.redis_prefix)
         self.throttle = LoginThrottle(
             self.redis,
             prefix=self.settings.redis_prefix,
@@ -58,6 +63,10 @@ class Services:
             max_failures_per_ip=self.settings.login_max_failures_per_ip,
             window_s=self.settings.login_window_s,
         )
+
+    @property
+    def global_blocked_words(self) -> list[str]:
+        return [w for w in (p.strip() for p in self.settings.blocked_words.split(",")) if w]
 
     @classmethod
     async def connect(cls, settings: Settings, *, database_url: str, redis_url: str) -> Services:

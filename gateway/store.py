@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 
 from livecore.accounts import Account, Role, normalise_roles, sorted_roles
+from livecore.chat import SanctionKind
 from livecore.errors import Conflict, NotFound
 from livecore.ids import StreamId, TokenId, UserId
 from livecore.streams import Stream, StreamEvent, StreamState, StreamText, next_state
@@ -352,3 +354,118 @@ class PostgresStreams:
             if status == "UPDATE 1":
                 return await self.get(stream_id)
             # Somebody else moved it first: re-read and judge the event against the new state.
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    slow_mode_s: int
+    blocked_words: list[str]
+
+
+@dataclass(frozen=True)
+class SanctionRecord:
+    user_id: UserId
+    username: str
+    kind: SanctionKind
+    expires_at: dt.datetime | None
+    reason: str
+
+
+class PostgresChat:
+    """Chat settings per stream, sanctions per creator, and the moderation log."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def settings(self, stream_id: StreamId) -> ChatSettings:
+        row = await self._pool.fetchrow(
+            "SELECT slow_mode_s, blocked_words FROM chat_settings WHERE stream_id = $1", stream_id
+        )
+        if row is None:
+            return ChatSettings(0, [])
+        return ChatSettings(row["slow_mode_s"], list(row["blocked_words"]))
+
+    async def save_settings(
+        self, stream_id: StreamId, settings: ChatSettings, *, actor_id: UserId, now: dt.datetime
+    ) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO chat_settings (stream_id, slow_mode_s, blocked_words, updated_by,
+                                           updated_at)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (stream_id) DO UPDATE SET
+                    slow_mode_s = EXCLUDED.slow_mode_s, blocked_words = EXCLUDED.blocked_words,
+                    updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
+                """,
+                stream_id, settings.slow_mode_s, settings.blocked_words, actor_id, now,
+            )
+            await self._log(conn, stream_id, actor_id, "settings", None, None,
+                            {"slow_mode_s": settings.slow_mode_s,
+                             "blocked_words": len(settings.blocked_words)}, now)
+
+    async def sanctions(self, creator_id: UserId, now: dt.datetime) -> list[SanctionRecord]:
+        rows = await self._pool.fetch(
+            """
+            SELECT s.user_id, u.username, s.kind, s.expires_at, s.reason
+            FROM chat_sanctions s JOIN users u ON u.id = s.user_id
+            WHERE s.creator_id = $1 AND (s.expires_at IS NULL OR s.expires_at > $2)
+            ORDER BY s.created_at, s.user_id
+            """,
+            creator_id, now,
+        )
+        return [
+            SanctionRecord(UserId(r["user_id"]), r["username"], SanctionKind(r["kind"]),
+                           r["expires_at"], r["reason"])
+            for r in rows
+        ]
+
+    async def sanction(
+        self, stream: Stream, user_id: UserId, kind: SanctionKind, *,
+        expires_at: dt.datetime | None, reason: str, actor_id: UserId, now: dt.datetime,
+    ) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO chat_sanctions (creator_id, user_id, kind, expires_at, reason,
+                                            created_by, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (creator_id, user_id) DO UPDATE SET
+                    kind = EXCLUDED.kind, expires_at = EXCLUDED.expires_at,
+                    reason = EXCLUDED.reason, created_by = EXCLUDED.created_by,
+                    created_at = EXCLUDED.created_at
+                """,
+                stream.creator_id, user_id, kind.value, expires_at, reason, actor_id, now,
+            )
+            await self._log(conn, stream.id, actor_id, kind.value, user_id, None,
+                            {"reason": reason, "expires_at": None if expires_at is None
+                             else expires_at.isoformat()}, now)
+
+    async def lift(self, stream: Stream, user_id: UserId, *, actor_id: UserId,
+                   now: dt.datetime) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "DELETE FROM chat_sanctions WHERE creator_id = $1 AND user_id = $2",
+                stream.creator_id, user_id,
+            )
+            if status == "DELETE 0":
+                raise NotFound("That user has no sanction here.", code="sanction_not_found")
+            await self._log(conn, stream.id, actor_id, "lift", user_id, None, {}, now)
+
+    async def log_removal(self, stream_id: StreamId, message_id: Any, *, actor_id: UserId,
+                          now: dt.datetime) -> None:
+        await self._log(self._pool, stream_id, actor_id, "remove_message", None, message_id,
+                        {}, now)
+
+    @staticmethod
+    async def _log(conn: Any, stream_id: StreamId, actor_id: UserId, action: str,
+                   target: UserId | None, message_id: Any, details: dict[str, Any],
+                   now: dt.datetime) -> None:
+        await conn.execute(
+            """
+            INSERT INTO chat_moderation_log
+                (stream_id, actor_id, action, target_user_id, message_id, details, at)
+            VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+            """,
+            stream_id, actor_id, action, target, message_id, orjson.dumps(details).decode(), now,
+        )

@@ -143,6 +143,13 @@ class Settings:
             "Take the client address from X-Forwarded-For (only behind a trusted proxy).",
         ),
     )
+    blocked_words: str = field(
+        default="",
+        metadata=_env(
+            "LIVECORE_BLOCKED_WORDS",
+            "Comma-separated words refused in every chat (each stream can add its own).",
+        ),
+    )
     worker_interval_s: int = field(
         default=30,
         metadata=_env("LIVECORE_WORKER_INTERVAL_S", "Seconds between background worker passes."),

@@ -1,0 +1,689 @@
+"""The websocket hub: rooms, fan-out, presence, recovery, chat and likes on one node.
+
+How an event reaches a thousand sockets
+---------------------------------------
+
+Every room event goes through Redis (:mod:`gateway.roombus`), even when publisher and
+subscribers are on the same node, so all nodes see one order. Each node holds one pub/sub
+connection, subscribed to the rooms that have local subscribers. For each event it:
+
+1. parses the JSON once (to learn ``seq`` and to apply moderation to its cached rules),
+2. frames it once as an unmasked websocket text frame (server frames are never masked, so
+   the same bytes are valid on every socket; permessage-deflate is off),
+3. queues the frame on the room and schedules a flush with ``call_soon``: events that
+   arrive in the same read from Redis (a burst) go out together,
+4. on flush, joins the queued frames and hands the same bytes to each socket's transport in
+   one ``write``.
+
+No per-recipient serialisation, no per-recipient task, no per-recipient queue object. The
+transport's write buffer is the bounded queue: a socket whose buffer holds more than
+:data:`SLOW_CONSUMER_BYTES` is closed with 4008 and dropped from its rooms at once, so it can
+never delay the room. Messages to one client (acks, errors, recovery) use the same framing.
+
+Writing raw frames beside aiohttp's own writer is safe because aiohttp writes each
+uncompressed frame (pings, pongs, close) synchronously and whole, and the event loop runs one
+callback at a time, so frames never interleave (checked by the hub tests).
+
+Subscribing with recovery: the connection is put on the room in *holding* mode (live frames
+are parked on the connection), the room's position and missed events are read from Redis,
+the ``ack`` and the missed events are written, then the parked frames newer than what was
+written are released. So a client sees every event once, in order, with no gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.exceptions
+from aiohttp import WSMsgType, web
+from websockets.frames import Frame, Opcode
+
+from gateway.auth import bearer_token, token_digest
+from gateway.services import Services
+from ledger.postgres import UNAVAILABLE_ERRORS
+from livecore.accounts import Account, Permission
+from livecore.chat import (
+    CHAT_BURST,
+    CHAT_PER_S,
+    RoomRules,
+    Sanction,
+    SanctionKind,
+    TokenBucket,
+    WordFilter,
+    rate_limited,
+)
+from livecore.errors import (
+    ClientError,
+    Forbidden,
+    LivecoreError,
+    NotFound,
+    ServiceUnavailable,
+    Unauthenticated,
+)
+from livecore.ids import StreamId, parse_stream_id
+from livecore.wire import (
+    CLOSE_FLOODING,
+    CLOSE_GOING_AWAY,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNSUPPORTED_DATA,
+    CLOSE_UNSUPPORTED_VERSION,
+    CONNECTION_BURST,
+    CONNECTION_MESSAGES_PER_S,
+    CURRENT_VERSION,
+    FLOOD_STRIKES,
+    HISTORY_EVENTS,
+    MAX_FRAME_BYTES,
+    MAX_SUBSCRIPTIONS,
+    RECENT_CHAT_IN_SNAPSHOT,
+    SUBPROTOCOL_PREFIX,
+    ClientMessage,
+    error_message,
+    limits,
+    negotiate_version,
+    parse_client_message,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bytes a socket may have waiting in its write buffer before it counts as a slow consumer.
+SLOW_CONSUMER_BYTES = 1024 * 1024
+HEARTBEAT_S = 20.0
+PRESENCE_INTERVAL_S = 2.0
+LIKES_INTERVAL_S = 1.0
+#: A room with no local subscriber for this long is unsubscribed from Redis.
+IDLE_ROOM_S = 30.0
+NODE_TTL_S = 10
+MAX_JOINS_SAMPLED = 5
+SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked websocket text frame (RFC 6455 section 5.2), as servers send them."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def dumps_frame(message: dict[str, Any]) -> bytes:
+    return text_frame(orjson.dumps(message))
+
+
+@dataclass(eq=False)
+class Connection:
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport
+    session: str
+    user: Account | None
+    rooms: set[str] = field(default_factory=set)
+    #: Rooms being subscribed: live frames parked here as (seq, frame) until recovery is sent.
+    holding: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+    bucket: TokenBucket = field(
+        default_factory=lambda: TokenBucket(CONNECTION_BURST, CONNECTION_MESSAGES_PER_S)
+    )
+    chat_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(CHAT_BURST, CHAT_PER_S))
+    strikes: int = 0
+    closing: bool = False
+    close_code: int | None = None
+    close_reason: str = ""
+
+    def write(self, data: bytes) -> bool:
+        """Hand bytes to the socket; a socket too far behind is closed as a slow consumer."""
+        if self.closing or self.transport.is_closing():
+            return False
+        if self.transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES:
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return False
+        self.transport.write(data)
+        return True
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.write(dumps_frame(message))
+
+    def close(self, code: int, reason: str, *, now: bool = True) -> None:
+        """Close with ``code``: at once (from fan-out), or, with ``now=False``, by the
+        connection's own handler when it regains control."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code, self.close_reason = code, reason
+        if now:
+            task = asyncio.get_running_loop().create_task(
+                self.ws.close(code=code, message=reason.encode())
+            )
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+@dataclass(eq=False)
+class LocalRoom:
+    """A room as this node holds it: its local sockets and its cached rules."""
+
+    id: str
+    creator_id: str
+    creator_username: str
+    title: str
+    state: str
+    rules: RoomRules
+    connections: set[Connection] = field(default_factory=set)
+    pending: list[tuple[int, bytes]] = field(default_factory=list)
+    flush_scheduled: bool = False
+    kicks: list[str] = field(default_factory=list)
+    likes_pending: int = 0
+    joined: list[str] = field(default_factory=list)
+    viewers: int = 0
+    idle_since: float | None = None
+
+
+class Hub:
+    def __init__(self, services: Services, *, node_id: str | None = None) -> None:
+        self.services = services
+        self.bus = services.bus
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.rooms: dict[str, LocalRoom] = {}
+        self.connections: set[Connection] = set()
+        self._activating: dict[str, asyncio.Future[LocalRoom]] = {}
+        self._subscribed: dict[str, asyncio.Event] = {}
+        self._pubsub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pubsub = self.services.redis.pubsub()
+        # A channel of our own keeps the pub/sub connection subscribed while no room is.
+        await self._subscribe_channel(f"{self.bus.prefix}node:{self.node_id}")
+        self._tasks = [
+            asyncio.create_task(self._read_pubsub(), name="hub-pubsub"),
+            asyncio.create_task(self._tick(PRESENCE_INTERVAL_S, self._presence_pass),
+                                name="hub-presence"),
+            asyncio.create_task(self._tick(LIKES_INTERVAL_S, self._likes_pass),
+                                name="hub-likes"),
+        ]
+
+    async def stop(self) -> None:
+        """Tell every client to reconnect elsewhere, close them (1001), stop the tasks."""
+        self.stopping = True
+        closing = []
+        for conn in list(self.connections):
+            conn.send({"type": "closing", "reason": "server shutting down", "reconnect": True})
+            conn.closing = True
+            closing.append(conn.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down"))
+        if closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True),
+                                       SHUTDOWN_CLOSE_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await self._likes_pass()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    # -- pub/sub in -------------------------------------------------------------------------
+
+    async def _subscribe_channel(self, channel: str) -> None:
+        event = self._subscribed.setdefault(channel, asyncio.Event())
+        await self._pubsub.subscribe(channel)
+        if self._tasks:  # the reader confirms; before start() there is no reader yet
+            await asyncio.wait_for(event.wait(), 10)
+
+    async def _read_pubsub(self) -> None:
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    kind = message["type"]
+                    channel = message["channel"].decode()
+                    if kind == b"message" or kind == "message":
+                        room = self.rooms.get(self.bus.room_of(channel))
+                        if room is not None:
+                            self._deliver(room, message["data"])
+                    elif kind in (b"subscribe", "subscribe"):
+                        self._subscribed.setdefault(channel, asyncio.Event()).set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Redis went away: events published meanwhile are lost to live delivery;
+                # clients see a gap in seq and resubscribe with `since` (docs/protocol.md).
+                log.warning("pub/sub connection lost; resubscribing", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    channels = list(self._subscribed)
+                    self._pubsub = self.services.redis.pubsub()
+                    if channels:
+                        await self._pubsub.subscribe(*channels)
+
+    def _deliver(self, room: LocalRoom, payload: bytes) -> None:
+        event = orjson.loads(payload)
+        self._apply(room, event)
+        room.pending.append((int(event["seq"]), text_frame(payload)))
+        if not room.flush_scheduled:
+            room.flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush, room)
+
+    def _apply(self, room: LocalRoom, event: dict[str, Any]) -> None:
+        """Keep this node's cached rules in step with moderation events."""
+        kind = event["type"]
+        data = event["data"]
+        if kind in ("user.muted", "user.banned"):
+            sanction_kind = SanctionKind.BAN if kind == "user.banned" else SanctionKind.MUTE
+            user_id = data["user"]["id"]
+            room.rules.sanctions[user_id] = Sanction(sanction_kind, data["until"])
+            if sanction_kind is SanctionKind.BAN:
+                room.kicks.append(user_id)
+        elif kind == "user.unsanctioned":
+            room.rules.sanctions.pop(data["user"]["id"], None)
+        elif kind == "chat.settings":
+            room.rules.slow_mode_s = data["slow_mode_s"]
+            task = asyncio.get_running_loop().create_task(self._reload_words(room))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        elif kind == "stream.state":
+            room.state = data["state"]
+
+    async def _reload_words(self, room: LocalRoom) -> None:
+        settings = await self.services.chat.settings(StreamId(uuid.UUID(room.id)))
+        room.rules.words = WordFilter.of(self.services.global_blocked_words,
+                                         settings.blocked_words)
+
+    def _flush(self, room: LocalRoom) -> None:
+        room.flush_scheduled = False
+        frames, room.pending = room.pending, []
+        if not frames:
+            return
+        data = b"".join(frame for _seq, frame in frames)
+        for conn in list(room.connections):
+            held = conn.holding.get(room.id)
+            if held is not None:
+                held.extend(frames)
+            elif not conn.write(data):
+                if conn.closing:
+                    self._leave_all(conn)
+        if room.kicks:
+            banned, room.kicks = set(room.kicks), []
+            for conn in list(room.connections):
+                if conn.user is not None and str(conn.user.id) in banned:
+                    room.connections.discard(conn)
+                    conn.rooms.discard(room.id)
+                    conn.send({"type": "unsubscribed", "room": room.id, "reason": "banned"})
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    async def _room(self, room_id: str) -> LocalRoom:
+        """The local room, activating it (loading its rules, subscribing) on first use."""
+        room = self.rooms.get(room_id)
+        if room is not None:
+            room.idle_since = None
+            return room
+        pending = self._activating.get(room_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[LocalRoom] = asyncio.get_running_loop().create_future()
+        self._activating[room_id] = future
+        try:
+            room = await self._load_room(room_id)
+            await self._subscribe_channel(self.bus.channel(room_id))
+            self.rooms[room_id] = room
+            future.set_result(room)
+            return room
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._activating[room_id]
+
+    async def _load_room(self, room_id: str) -> LocalRoom:
+        services = self.services
+        stream = await services.streams.get(parse_stream_id(room_id))
+        settings = await services.chat.settings(stream.id)
+        now = services.clock()
+        sanctions = await services.chat.sanctions(stream.creator_id, now)
+        rules = RoomRules(
+            slow_mode_s=settings.slow_mode_s,
+            words=WordFilter.of(services.global_blocked_words, settings.blocked_words),
+            sanctions={
+                str(s.user_id): Sanction(s.kind, None if s.expires_at is None
+                                         else s.expires_at.timestamp())
+                for s in sanctions
+            },
+        )
+        return LocalRoom(
+            id=room_id, creator_id=str(stream.creator_id),
+            creator_username=stream.creator_username, title=stream.title,
+            state=stream.state.value, rules=rules,
+        )
+
+    def _leave_all(self, conn: Connection) -> None:
+        for room_id in list(conn.rooms):
+            room = self.rooms.get(room_id)
+            if room is not None:
+                room.connections.discard(conn)
+                if not room.connections:
+                    room.idle_since = time.monotonic()
+        conn.rooms.clear()
+        conn.holding.clear()
+
+    # -- the socket -------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /ws``: authenticate (optionally), upgrade, then serve messages until close."""
+        services = self.services
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                   if p.strip()]
+        version = negotiate_version(offered, request.query.get("v"))
+        user: Account | None = None
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is not None:
+            found = await services.accounts.by_token(token_digest(token), services.clock())
+            if found is None:
+                raise Unauthenticated("The token is unknown, expired or revoked.",
+                                      code="invalid_token")
+            user = found[0]
+        ws = web.WebSocketResponse(
+            protocols=[f"{SUBPROTOCOL_PREFIX}{v}" for v in (version or CURRENT_VERSION,)],
+            heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES, compress=False,
+            timeout=SHUTDOWN_CLOSE_TIMEOUT_S,
+        )
+        await ws.prepare(request)
+        if version is None:
+            await ws.close(code=CLOSE_UNSUPPORTED_VERSION,
+                           message=b"unsupported protocol version")
+            return ws
+        if self.stopping:
+            await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+            return ws
+        transport = request.transport
+        assert transport is not None
+        conn = Connection(ws, transport, uuid.uuid4().hex, user)
+        self.connections.add(conn)
+        conn.send({
+            "type": "hello", "v": version, "session": conn.session,
+            "server_time": time.time(), "user": _user_ref(user), "limits": limits(),
+        })
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await self._on_text(conn, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    await ws.close(code=CLOSE_UNSUPPORTED_DATA,
+                                   message=b"binary frames are not supported")
+                    break
+                if conn.closing:
+                    break
+            if conn.close_code is not None and not ws.closed:
+                await ws.close(code=conn.close_code, message=conn.close_reason.encode())
+        finally:
+            self.connections.discard(conn)
+            self._leave_all(conn)
+        return ws
+
+    async def _on_text(self, conn: Connection, data: str) -> None:
+        message_id = None
+        try:
+            retry = conn.bucket.take(time.monotonic())
+            if retry is not None:
+                conn.strikes += 1
+                if conn.strikes >= FLOOD_STRIKES:
+                    conn.close(CLOSE_FLOODING, "flooding", now=False)
+                    return
+                raise rate_limited(retry)
+            message = parse_client_message(data)
+            message_id = message.id
+            handler = self._handlers[message.type]
+            result = await handler(self, conn, message)
+            if result is not None:
+                reply: dict[str, Any] = {"type": "ack", "result": result}
+                if message_id is not None:
+                    reply["id"] = message_id
+                conn.send(reply)
+        except LivecoreError as exc:
+            if message_id is None and isinstance(exc.details.get("id"), str):
+                message_id = exc.details["id"]
+            room = None
+            if isinstance(exc, ClientError) and isinstance(exc.details.get("room"), str):
+                room = exc.details["room"]
+            conn.send(error_message(exc, message_id, room))
+        except UNAVAILABLE_ERRORS + _REDIS_DOWN as exc:
+            log.warning("dependency unavailable", extra={"error": repr(exc)})
+            conn.send(error_message(ServiceUnavailable(
+                "A service this server needs is unreachable; retry shortly."), message_id))
+        except Exception:
+            log.exception("websocket message failed", extra={"session": conn.session})
+            conn.send(error_message(LivecoreError("Internal server error."), message_id))
+
+    # -- client messages --------------------------------------------------------------------
+
+    async def _auth(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
+        services = self.services
+        found = await services.accounts.by_token(token_digest(message.body["token"]),
+                                                 services.clock())
+        if found is None:
+            raise Unauthenticated("The token is unknown, expired or revoked.",
+                                  code="invalid_token")
+        if conn.user is not None and conn.user.id != found[0].id:
+            raise Forbidden("This connection is logged in as another user; reconnect.",
+                            code="already_authenticated")
+        conn.user = found[0]
+        return {"user": _user_ref(conn.user)}
+
+    async def _subscribe(self, conn: Connection, message: ClientMessage) -> None:
+        room_id = message.body["room"].lower()
+        if room_id in conn.rooms:
+            raise ClientError("Already subscribed to this room.", code="already_subscribed",
+                              room=room_id)
+        if len(conn.rooms) >= MAX_SUBSCRIPTIONS:
+            raise ClientError(f"At most {MAX_SUBSCRIPTIONS} rooms per connection.",
+                              code="too_many_subscriptions")
+        try:
+            room = await self._room(room_id)
+        except NotFound:
+            raise NotFound("No such stream.", code="stream_not_found", room=room_id) from None
+        user_id = None if conn.user is None else str(conn.user.id)
+        room.rules.check_can_read(user_id, time.time())
+        conn.holding[room_id] = []
+        conn.rooms.add(room_id)
+        room.connections.add(conn)
+        room.idle_since = None
+        try:
+            result, backlog = await self._catch_up(room, message.body.get("since"))
+        except BaseException:
+            conn.holding.pop(room_id, None)
+            conn.rooms.discard(room_id)
+            room.connections.discard(conn)
+            raise
+        if conn.user is not None and len(room.joined) < MAX_JOINS_SAMPLED:
+            room.joined.append(conn.user.username)
+        reply: dict[str, Any] = {"type": "ack", "result": result}
+        if message.id is not None:
+            reply["id"] = message.id
+        last = result["seq"]
+        parts = [dumps_frame(reply)]
+        for seq, frame in backlog:
+            parts.append(frame)
+            last = max(last, seq)
+        for seq, frame in conn.holding.pop(room_id, []):
+            if seq > last:
+                parts.append(frame)
+                last = seq
+        conn.write(b"".join(parts))
+
+    async def _catch_up(self, room: LocalRoom, since: dict[str, Any] | None
+                        ) -> tuple[dict[str, Any], list[tuple[int, bytes]]]:
+        """The subscribe result and the missed events to send (recovery), or a snapshot."""
+        position = await self.bus.position(room.id)
+        epoch, seq = (position.epoch, position.seq) if position else ("", 0)
+        result: dict[str, Any] = {"room": room.id, "epoch": epoch, "seq": seq}
+        if since is not None and since["epoch"] == epoch and since["seq"] <= seq:
+            missed = await self.bus.since(room.id, since["seq"], limit=HISTORY_EVENTS)
+            seqs = [int(orjson.loads(raw)["seq"]) for raw in missed]
+            contiguous = seqs == list(range(since["seq"] + 1, since["seq"] + 1 + len(seqs)))
+            if contiguous and (not seqs or seqs[-1] >= seq):
+                result.update(recovered=True, missed=len(seqs))
+                return result, [(s, text_frame(raw)) for s, raw in zip(seqs, missed,
+                                                                        strict=True)]
+        result.update(recovered=False, missed=0, snapshot=await self._snapshot(room, seq))
+        return result, []
+
+    async def _snapshot(self, room: LocalRoom, upto: int) -> dict[str, Any]:
+        recent = await self.bus.recent(room.id, limit=HISTORY_EVENTS)
+        chats: list[dict[str, Any]] = []
+        removed: set[str] = set()
+        for raw in recent:
+            event = orjson.loads(raw)
+            if event["seq"] > upto:
+                continue
+            if event["type"] == "chat.message":
+                chats.append(event)
+            elif event["type"] == "chat.removed":
+                removed.add(event["data"]["message_id"])
+        chats = [c for c in chats if c["data"]["message_id"] not in removed]
+        return {
+            "stream": {"state": room.state, "title": room.title,
+                       "creator": {"id": room.creator_id, "username": room.creator_username}},
+            "viewers": max(room.viewers, len(room.connections)),
+            "likes": await self.bus.likes(room.id),
+            "slow_mode_s": room.rules.slow_mode_s,
+            "recent_chat": chats[-RECENT_CHAT_IN_SNAPSHOT:],
+        }
+
+    async def _unsubscribe(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
+        room_id = message.body["room"].lower()
+        if room_id not in conn.rooms:
+            raise ClientError("Not subscribed to this room.", code="not_subscribed",
+                              room=room_id)
+        conn.rooms.discard(room_id)
+        room = self.rooms.get(room_id)
+        if room is not None:
+            room.connections.discard(conn)
+            if not room.connections:
+                room.idle_since = time.monotonic()
+        return {"room": room_id}
+
+    def _writer_room(self, conn: Connection, room_id: str) -> tuple[Account, LocalRoom]:
+        if conn.user is None:
+            raise Unauthenticated("Log in to write: send an auth message first.",
+                                  code="login_required")
+        room = self.rooms.get(room_id)
+        if room is None or room_id not in conn.rooms:
+            raise ClientError("Subscribe to the room first.", code="not_subscribed",
+                              room=room_id)
+        return conn.user, room
+
+    async def _chat(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
+        room_id = message.body["room"].lower()
+        user, room = self._writer_room(conn, room_id)
+        user_id = str(user.id)
+        is_staff = user_id == room.creator_id or user.can(Permission.STREAM_MODERATE)
+        text = room.rules.check_message(user_id, message.body["text"], now_epoch_s=time.time(),
+                                        is_staff=is_staff)
+        if not is_staff:
+            retry = conn.chat_bucket.take(time.monotonic())
+            if retry is not None:
+                raise rate_limited(retry)
+            if room.rules.slow_mode_s:
+                wait = await self.bus.claim_slow_mode(room_id, user_id, room.rules.slow_mode_s)
+                if wait is not None:
+                    raise rate_limited(wait, code="slow_mode")
+        message_id = str(uuid.uuid4())
+        seq = await self.bus.publish(
+            room_id, "chat.message",
+            {"message_id": message_id, "user": _user_ref(user), "text": text}, time.time(),
+        )
+        return {"room": room_id, "message_id": message_id, "seq": seq}
+
+    async def _like(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
+        room_id = message.body["room"].lower()
+        _user, room = self._writer_room(conn, room_id)
+        room.likes_pending += message.body.get("count", 1)
+        return {"room": room_id}
+
+    async def _ping(self, conn: Connection, message: ClientMessage) -> None:
+        reply: dict[str, Any] = {"type": "pong", "server_time": time.time()}
+        if message.id is not None:
+            reply["id"] = message.id
+        conn.send(reply)
+
+    _handlers: dict[str, Callable[[Hub, Connection, ClientMessage],
+                                  Awaitable[dict[str, Any] | None]]] = {
+        "auth": _auth,
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "chat": _chat,
+        "like": _like,
+        "ping": _ping,
+    }
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _tick(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("hub timer failed", extra={"work": work.__name__,
+                                                       "error": repr(exc)})
+
+    async def _likes_pass(self) -> None:
+        """Tap storms become one ``likes`` event per room per node per second."""
+        for room in list(self.rooms.values()):
+            delta, room.likes_pending = room.likes_pending, 0
+            if delta:
+                total = await self.bus.add_likes(room.id, delta)
+                await self.bus.publish(room.id, "likes", {"total": total, "delta": delta},
+                                       time.time())
+
+    async def _presence_pass(self) -> None:
+        """Viewer counts across nodes, sent to local sockets when they change."""
+        now = time.monotonic()
+        for room in list(self.rooms.values()):
+            if not room.connections and room.idle_since is not None \
+                    and now - room.idle_since > IDLE_ROOM_S:
+                await self._deactivate(room)
+                continue
+            total = await self.bus.set_viewers(room.id, self.node_id, len(room.connections),
+                                               NODE_TTL_S)
+            if total == room.viewers and not room.joined:
+                continue
+            room.viewers = total
+            frame = dumps_frame({"type": "presence", "room": room.id, "viewers": total,
+                                 "joined": room.joined[:MAX_JOINS_SAMPLED]})
+            room.joined = []
+            for conn in list(room.connections):
+                if room.id not in conn.holding:
+                    conn.write(frame)
+
+    async def _deactivate(self, room: LocalRoom) -> None:
+        self.rooms.pop(room.id, None)
+        channel = self.bus.channel(room.id)
+        self._subscribed.pop(channel, None)
+        await self._pubsub.unsubscribe(channel)
+        await self.bus.set_viewers(room.id, self.node_id, 0, NODE_TTL_S)
+
+    # -- for the HTTP API -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        return {"connections": len(self.connections), "rooms": len(self.rooms)}
+
+
+def _user_ref(user: Account | None) -> dict[str, str] | None:
+    return None if user is None else {"id": str(user.id), "username": user.username}

@@ -1,0 +1,137 @@
+"""Rooms shared between gateway nodes through Redis.
+
+Publishing a room event is one Lua script, so it is atomic: it takes the room's next sequence
+number (creating the room's epoch if there is none), appends the event to the room's capped
+history stream (entry id ``<seq>-1``), and PUBLISHes it on the room's channel. Because Redis
+runs scripts one at a time, every subscriber sees a room's events in ``seq`` order, whichever
+node published them.
+
+The event JSON is completed inside the script: the caller sends ``{"type": ...}`` and the
+script prepends ``"seq"`` and ``"epoch"``, so the bytes stored, published and finally written
+to every socket are the same bytes, serialised once.
+
+Keys carry the room in a hash tag (``{room}``), so a Redis Cluster keeps a room on one shard
+(the script touches two keys of the same room). If Redis loses a room's state, the next event
+starts a new epoch (and drops any history left behind), which tells clients plainly that what
+they hold cannot be continued.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from livecore.wire import HISTORY_EVENTS
+
+_PUBLISH = """
+local created = redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+if created == 1 then redis.call('DEL', KEYS[2]) end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local event = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[3], 2)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', 'e', event)
+redis.call('PUBLISH', ARGV[1], event)
+return {seq, epoch}
+"""
+
+
+@dataclass(frozen=True)
+class RoomPosition:
+    epoch: str
+    seq: int
+
+
+class RoomBus:
+    """Publish room events and read a room's history and counters."""
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self.prefix = prefix
+        self._publish = redis.register_script(_PUBLISH)
+
+    def _key(self, room: str, name: str) -> str:
+        return f"{self.prefix}room:{{{room}}}:{name}"
+
+    def channel(self, room: str) -> str:
+        return f"{self.prefix}room:{{{room}}}"
+
+    def room_of(self, channel: str) -> str:
+        """The room id in a channel name made by :meth:`channel`."""
+        return channel[channel.index("{") + 1 : channel.index("}")]
+
+    async def publish(self, room: str, event_type: str, data: dict[str, Any], ts: float) -> int:
+        """Sequence, store and broadcast one event; returns its ``seq``."""
+        body = orjson.dumps({"type": event_type, "room": room, "ts": round(ts, 3), "data": data})
+        seq, _epoch = await self._publish(
+            keys=[self._key(room, "state"), self._key(room, "history")],
+            args=[self.channel(room), secrets.token_hex(8), body, HISTORY_EVENTS],
+        )
+        return int(seq)
+
+    async def position(self, room: str) -> RoomPosition | None:
+        epoch, seq = await self._redis.hmget(self._key(room, "state"), ["epoch", "seq"])
+        if epoch is None:
+            return None
+        return RoomPosition(epoch.decode(), int(seq or 0))
+
+    async def since(self, room: str, seq: int, *, limit: int) -> list[bytes]:
+        """Stored events after ``seq`` (oldest first), at most ``limit``."""
+        entries = await self._redis.xrange(
+            self._key(room, "history"), min=f"{seq + 1}-0", max="+", count=limit
+        )
+        return [fields[b"e"] for _id, fields in entries]
+
+    async def recent(self, room: str, *, limit: int) -> list[bytes]:
+        """The newest ``limit`` stored events, oldest first."""
+        entries = await self._redis.xrevrange(self._key(room, "history"), count=limit)
+        return [fields[b"e"] for _id, fields in reversed(entries)]
+
+    async def add_likes(self, room: str, count: int) -> int:
+        return int(await self._redis.incrby(self._key(room, "likes"), count))
+
+    async def likes(self, room: str) -> int:
+        return int(await self._redis.get(self._key(room, "likes")) or 0)
+
+    async def set_viewers(self, room: str, node: str, count: int, ttl_s: int) -> int:
+        """Record this node's viewer count for the room; returns the total over live nodes.
+
+        Each node writes its own field; a field whose node stopped refreshing expires with
+        the node's liveness key, so a crashed node's viewers vanish from the total.
+        """
+        key = self._key(room, "viewers")
+        alive = f"{self.prefix}node:{node}:alive"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(alive, 1, ex=ttl_s)
+            if count:
+                pipe.hset(key, node, count)
+            else:
+                pipe.hdel(key, node)
+            pipe.expire(key, ttl_s * 10)
+            pipe.hgetall(key)
+            *_, counts = await pipe.execute()
+        nodes = [n.decode() for n in counts]
+        if not nodes:
+            return 0
+        alive_flags = await self._redis.mget([f"{self.prefix}node:{n}:alive" for n in nodes])
+        total = 0
+        dead = []
+        for node_name, flag in zip(nodes, alive_flags, strict=True):
+            if flag is None:
+                dead.append(node_name)
+            else:
+                total += int(counts[node_name.encode()])
+        if dead:
+            await self._redis.hdel(key, *dead)
+        return total
+
+    async def claim_slow_mode(self, room: str, user: str, seconds: int) -> float | None:
+        """Slow mode across nodes: ``None`` if the user may post now (and the clock starts),
+        else the seconds left to wait."""
+        key = self._key(room, f"slow:{user}")
+        if await self._redis.set(key, 1, px=seconds * 1000, nx=True):
+            return None
+        remaining_ms = int(await self._redis.pttl(key))
+        return max(remaining_ms, 1) / 1000

@@ -1,0 +1,211 @@
+"""The websocket protocol end to end: hello, chat, likes, presence, bad input."""
+
+import asyncio
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.client import HubClient, HubError
+from livecore.wire import CLOSE_FLOODING, CLOSE_UNSUPPORTED_VERSION, MAX_FRAME_BYTES
+
+
+async def test_hello_tells_version_session_user_and_limits(node, live_room):
+    _, token = live_room
+    async with node.client(token) as client:
+        hello = client.hello
+        assert hello["v"] == 1 and len(hello["session"]) == 32
+        assert hello["user"]["username"]
+        assert hello["limits"]["max_frame_bytes"] == MAX_FRAME_BYTES
+    async with node.client() as anonymous:
+        assert anonymous.hello["user"] is None
+    async with connect(node.ws_url + "?v=1") as raw:
+        assert '"v":1' in await raw.recv()
+    assert client.connection.subprotocol == "livecore.v1"
+
+
+async def test_unsupported_version_is_closed_with_4000(node):
+    async with connect(node.ws_url, subprotocols=["livecore.v99"]) as raw:
+        with pytest.raises(ConnectionClosed) as caught:
+            await raw.recv()
+    assert caught.value.rcvd.code == CLOSE_UNSUPPORTED_VERSION
+
+
+async def test_a_bad_token_at_connect_is_refused_before_the_upgrade(node):
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await http.ws_connect(node.ws_url, headers={"Authorization": "Bearer nope"})
+    assert caught.value.status == 401
+
+
+async def test_chat_round_trip_with_ack_and_sequence(node, live_room):
+    room, token = live_room
+    _, viewer_token = await node.api.new_user()
+    async with node.client(token) as creator, node.client(viewer_token) as viewer:
+        first = await creator.subscribe(room)
+        assert first["recovered"] is False and first["snapshot"]["stream"]["title"] == "Hub test"
+        await viewer.subscribe(room)
+        ack = await viewer.request({"type": "chat", "room": room, "text": "  hello   <b>world</b> "})
+        seen = await creator.next_event("chat.message")
+        assert seen["seq"] == ack["seq"] and seen["data"]["message_id"] == ack["message_id"]
+        assert seen["data"]["text"] == "hello <b>world</b>"  # text, never markup
+        assert seen["data"]["user"]["username"] == viewer.hello["user"]["username"]
+        mine = await viewer.next_event("chat.message")
+        assert mine == seen
+
+
+async def test_anonymous_clients_read_but_cannot_write(node, live_room):
+    room, token = live_room
+    async with node.client(token) as creator, node.client() as anonymous:
+        await creator.subscribe(room)
+        await anonymous.subscribe(room)
+        await creator.request({"type": "chat", "room": room, "text": "welcome"})
+        assert (await anonymous.next_event("chat.message"))["data"]["text"] == "welcome"
+        for message in ({"type": "chat", "room": room, "text": "hi"},
+                        {"type": "like", "room": room}):
+            with pytest.raises(HubError) as caught:
+                await anonymous.request(message)
+            assert caught.value.code == "login_required"
+
+
+async def test_auth_message_logs_a_browser_in(node, live_room):
+    room, _ = live_room
+    user, token = await node.api.new_user()
+    async with node.client() as client:
+        with pytest.raises(HubError) as caught:
+            await client.request({"type": "auth", "token": "lc_wrong"})
+        assert caught.value.code == "invalid_token"
+        result = await client.request({"type": "auth", "token": token})
+        assert result["user"]["id"] == user["id"]
+        await client.subscribe(room)
+        assert (await client.request({"type": "chat", "room": room, "text": "in"}))["seq"] >= 1
+
+
+async def test_subscribe_errors(node, live_room):
+    room, token = live_room
+    async with node.client(token) as client:
+        with pytest.raises(HubError) as caught:
+            await client.request({"type": "subscribe", "room": "7f1d6a34-0000-4000-8000-000000000000"})
+        assert caught.value.code == "stream_not_found"
+        await client.subscribe(room)
+        with pytest.raises(HubError) as caught:
+            await client.subscribe(room)
+        assert caught.value.code == "already_subscribed"
+        await client.request({"type": "unsubscribe", "room": room})
+        with pytest.raises(HubError) as caught:
+            await client.request({"type": "chat", "room": room, "text": "gone"})
+        assert caught.value.code == "not_subscribed"
+
+
+async def test_likes_are_coalesced(node, live_room):
+    room, token = live_room
+    _, fan = await node.api.new_user()
+    async with node.client(token) as creator, node.client(fan) as tapper:
+        await creator.subscribe(room)
+        await tapper.subscribe(room)
+        for _ in range(10):
+            await tapper.request({"type": "like", "room": room, "count": 5})
+        events = [await creator.next_event("likes", timeout=5)]
+        while sum(e["data"]["delta"] for e in events) < 50:
+            events.append(await creator.next_event("likes", timeout=5))
+        assert len(events) <= 2  # ten taps became one or two events
+        assert events[-1]["data"]["total"] == 50
+
+
+async def test_presence_counts_viewers(node, live_room):
+    room, token = live_room
+    async with node.client(token) as creator, node.client() as anonymous:
+        await creator.subscribe(room)
+        await anonymous.subscribe(room)
+        presence = await creator.next_event(
+            "presence", timeout=6, where=lambda m: m["viewers"] == 2
+        )
+        assert creator.hello["user"]["username"] in presence["joined"]
+
+
+async def test_ping_pong(node):
+    async with node.client() as client:
+        pong = await client.request({"type": "ping"})
+        assert pong["type"] == "pong" and pong["server_time"] > 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ("[1, 2]", "invalid_message"),
+        ('{"type": 7}', "invalid_message"),
+        ('{"type": "teleport", "id": "t1"}', "unknown_type"),
+        ('{"type": "chat", "id": "c1", "room": "not-a-uuid", "text": "x"}', "invalid_message"),
+        ('{"type": "like", "id": "l1", "room": "7f1d6a34-0000-4000-8000-000000000000", '
+         '"count": 1000}', "invalid_message"),
+        ('{"type": "ping", "id": "p1", "extra": true}', "invalid_message"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_the_socket_stays_open(node, raw, code):
+    async with node.client() as client:
+        await client.connection.send(raw)
+        error = await client.next_event("error")
+        assert error["code"] == code
+        if '"id"' in raw:
+            assert error["id"] == raw.split('"id": "')[1].split('"')[0]
+        assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_oversized_frames_close_with_1009(node):
+    async with node.client() as client:
+        await client.connection.send('{"type": "ping", "pad": "' + "x" * MAX_FRAME_BYTES + '"}')
+        await asyncio.wait_for(client.connection.wait_closed(), 5)
+    assert client.close_code == 1009
+
+
+async def test_binary_frames_close_with_1003(node):
+    async with node.client() as client:
+        await client.connection.send(b"\x00\x01")
+        await asyncio.wait_for(client.connection.wait_closed(), 5)
+    assert client.close_code == 1003
+
+
+async def test_flooding_is_answered_then_closed_without_hurting_others(node, live_room):
+    room, token = live_room
+    async with node.client(token) as bystander, node.client() as flooder:
+        await bystander.subscribe(room)
+        for _ in range(200):
+            try:
+                await flooder.send({"type": "ping"})
+            except ConnectionClosed:
+                break
+        await asyncio.wait_for(flooder.connection.wait_closed(), 5)
+        assert flooder.close_code == CLOSE_FLOODING
+        assert any(e["code"] == "rate_limited" for e in flooder.events_of("error"))
+        await bystander.request({"type": "chat", "room": room, "text": "still here"})
+        assert (await bystander.next_event("chat.message"))["data"]["text"] == "still here"
+
+
+async def test_stream_state_reaches_the_room(node, live_room):
+    room, token = live_room
+    async with node.client() as viewer:
+        await viewer.subscribe(room)
+        response, _ = await node.api.request("POST", f"/api/v1/streams/{room}/end", token=token)
+        assert response.status == 200
+        event = await viewer.next_event("stream.state")
+        assert event["data"] == {"state": "ended"}
+
+
+async def test_shutdown_tells_clients_to_reconnect(services, live_room):
+    from gateway.app import create_app
+    from tests.support import ApiClient
+
+    room, _ = live_room
+    async with ApiClient.serving(create_app(services)) as api:
+        url = str(api.client.make_url("/ws")).replace("http://", "ws://")
+        client = await HubClient.connect(url)
+        await client.subscribe(room)
+    # Leaving the context shut the server down.
+    await asyncio.wait_for(client.connection.wait_closed(), 10)
+    assert client.close_code == 1001
+    assert client.events_of("closing") == [
+        {"type": "closing", "reason": "server shutting down", "reconnect": True}
+    ]
+    await client.close()
