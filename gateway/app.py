@@ -90,7 +90,7 @@ def create_app(services: Services) -> web.Application:
     metrics_registry.track_pool(lambda: services.pool.get_size())
     app[METRICS_KEY] = metrics_registry
     add_routes(app, ALL_ROUTES)
-    hub = Hub(services)
+    hub = Hub(services, metrics_registry)
     app[HUB_KEY] = hub
     app.router.add_get("/ws", hub.handle)
 
@@ -108,6 +108,11 @@ def create_app(services: Services) -> web.Application:
         return web.FileResponse(pages / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.router.add_get("/", index)
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(pages / "watch.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/watch/{stream_id}", watch)
     app.router.add_static("/static/", pages, append_version=False)
     return app
 

@@ -21,6 +21,7 @@ from livecore.chat import MAX_SLOW_MODE_S, SanctionKind, clean_blocked_words
 from livecore.errors import Conflict, ValidationFailed
 from livecore.ids import parse_user_id, parse_uuid
 from livecore.schemas import UUID, Schema
+from livecore.streams import Stream
 
 CHAT_SETTINGS: Schema = {
     "type": "object",
@@ -65,6 +66,18 @@ SANCTION_LIST: Schema = {
 
 def _ref(user_id: Any, username: str) -> dict[str, str]:
     return {"id": str(user_id), "username": username}
+
+
+async def _publish_to_channel(call: Call, stream: Stream, event_type: str,
+                              data: dict[str, Any]) -> None:
+    """A sanction holds in all of the creator's rooms: tell the room named in the request and
+    the creator's open (live or upcoming) room, when that is another one."""
+    rooms = {str(stream.id)}
+    current = await call.services.streams.open_stream_of(stream.creator_id)
+    if current is not None:
+        rooms.add(str(current.id))
+    for room in sorted(rooms):
+        await call.services.bus.publish(room, event_type, data, time.time())
 
 
 def _sanction_json(record: SanctionRecord) -> dict[str, Any]:
@@ -135,12 +148,11 @@ async def put_sanction(call: Call) -> web.StreamResponse:
                                field="reason")
     await call.services.chat.sanction(stream, user_id, kind, expires_at=expires_at,
                                       reason=reason, actor_id=call.account.id, now=call.now)
-    await call.services.bus.publish(
-        str(stream.id), f"user.{'banned' if kind is SanctionKind.BAN else 'muted'}",
+    await _publish_to_channel(
+        call, stream, f"user.{'banned' if kind is SanctionKind.BAN else 'muted'}",
         {"user": _ref(target.id, target.username),
          "until": None if expires_at is None else expires_at.timestamp(),
          "by": _ref(call.account.id, call.account.username)},
-        time.time(),
     )
     record = SanctionRecord(target.id, target.username, kind, expires_at, reason)
     return json_response(_sanction_json(record))
@@ -151,11 +163,10 @@ async def lift_sanction(call: Call) -> web.StreamResponse:
     user_id = parse_user_id(call.request.match_info["user_id"])
     target = await call.services.accounts.get(user_id)
     await call.services.chat.lift(stream, user_id, actor_id=call.account.id, now=call.now)
-    await call.services.bus.publish(
-        str(stream.id), "user.unsanctioned",
+    await _publish_to_channel(
+        call, stream, "user.unsanctioned",
         {"user": _ref(target.id, target.username),
          "by": _ref(call.account.id, call.account.username)},
-        time.time(),
     )
     return web.Response(status=204)
 

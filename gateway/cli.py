@@ -6,6 +6,7 @@
     livecore worker                background jobs (idles until the gift issue gives it work)
     livecore user create NAME      create an account with roles (bootstrap an admin)
     livecore user roles NAME       replace an account's roles
+    livecore protocol-schema       print the websocket protocol's JSON Schema document
 
 Settings come from the environment (see docs/configuration.md); this module is the only
 place that reads ``os.environ``.
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import json
 import logging
 import os
 import signal
@@ -47,6 +49,7 @@ from livecore.accounts import (
 from livecore.errors import LivecoreError, NotFound
 from livecore.ids import UserId
 from livecore.settings import Settings, redact_url
+from livecore.wire import document as protocol_document
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     roles = user_commands.add_parser("roles", help="replace an account's roles")
     roles.add_argument("username")
     roles.add_argument("--role", action="append", choices=[r.value for r in Role], help=role_help)
+    commands.add_parser(
+        "protocol-schema",
+        help="print the websocket protocol's JSON Schema (docs/protocol-v1.schema.json)",
+    )
     return parser
 
 
 def run(argv: list[str] | None, environ: dict[str, str] | Any) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "protocol-schema":
+        # Needs no settings, database or Redis: the schemas are constants of the code.
+        sys.stdout.write(json.dumps(protocol_document(), indent=2, sort_keys=True) + "\n")
+        return 0
     try:
         settings = Settings.from_env(environ)
     except LivecoreError as exc:

@@ -49,8 +49,9 @@ class HubClient:
     async def connect(cls, url: str, *, token: str | None = None,
                       version: int = CURRENT_VERSION, **options: Any) -> HubClient:
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        subprotocol = Subprotocol(f"{SUBPROTOCOL_PREFIX}{version}")
         connection = await connect(
-            url, additional_headers=headers, subprotocols=[Subprotocol(f"{SUBPROTOCOL_PREFIX}{version}")],
+            url, additional_headers=headers, subprotocols=[subprotocol],
             compression=None, max_size=2**20, **options,
         )
         hello = orjson.loads(await connection.recv())
@@ -91,7 +92,10 @@ class HubClient:
     async def send(self, message: dict[str, Any]) -> None:
         await self.connection.send(orjson.dumps(message).decode())
 
-    async def request(self, message: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+    # A default timeout keeps a test or load run from hanging on a lost reply.
+    async def request(
+        self, message: dict[str, Any], timeout: float = 10  # noqa: ASYNC109
+    ) -> dict[str, Any]:
         """Send a message with a fresh id; return the ``ack`` result (or pong), raise on error."""
         message_id = f"r{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -114,7 +118,7 @@ class HubClient:
             message["since"] = {"epoch": epoch, "seq": seq}
         return await self.request(message)
 
-    async def next_event(self, *types: str, timeout: float = 10,
+    async def next_event(self, *types: str, timeout: float = 10,  # noqa: ASYNC109
                          where: Callable[[dict[str, Any]], bool] | None = None
                          ) -> dict[str, Any]:
         """The next server message of one of ``types`` (any type if none given)."""

@@ -47,6 +47,7 @@ from aiohttp import WSMsgType, web
 from websockets.frames import Frame, Opcode
 
 from gateway.auth import bearer_token, token_digest
+from gateway.metrics import Metrics
 from gateway.services import Services
 from ledger.postgres import UNAVAILABLE_ERRORS
 from livecore.accounts import Account, Permission
@@ -85,6 +86,7 @@ from livecore.wire import (
     RECENT_CHAT_IN_SNAPSHOT,
     SUBPROTOCOL_PREFIX,
     ClientMessage,
+    ProtocolError,
     error_message,
     limits,
     negotiate_version,
@@ -128,8 +130,8 @@ class Connection:
     bucket: TokenBucket = field(
         default_factory=lambda: TokenBucket(CONNECTION_BURST, CONNECTION_MESSAGES_PER_S)
     )
-    chat_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(CHAT_BURST, CHAT_PER_S))
     strikes: int = 0
+    on_close: Callable[[str], None] = lambda reason: None
     closing: bool = False
     close_code: int | None = None
     close_reason: str = ""
@@ -154,6 +156,7 @@ class Connection:
             return
         self.closing = True
         self.close_code, self.close_reason = code, reason
+        self.on_close(reason)
         if now:
             task = asyncio.get_running_loop().create_task(
                 self.ws.close(code=code, message=reason.encode())
@@ -183,11 +186,17 @@ class LocalRoom:
     joined: list[str] = field(default_factory=list)
     viewers: int = 0
     idle_since: float | None = None
+    words_stale: bool = False
+    first_pending_ts: float = 0.0
 
 
 class Hub:
-    def __init__(self, services: Services, *, node_id: str | None = None) -> None:
+    def __init__(self, services: Services, metrics: Metrics, *,
+                 node_id: str | None = None) -> None:
         self.services = services
+        self.metrics = metrics
+        metrics.ws_connections.set_function(lambda: len(self.connections))
+        metrics.ws_rooms.set_function(lambda: len(self.rooms))
         self.bus = services.bus
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.rooms: dict[str, LocalRoom] = {}
@@ -195,6 +204,8 @@ class Hub:
         self._activating: dict[str, asyncio.Future[LocalRoom]] = {}
         self._subscribed: dict[str, asyncio.Event] = {}
         self._pubsub: Any = None
+        #: Chat rate limits per user on this node (a user may hold several connections).
+        self._chat_buckets: dict[str, TokenBucket] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -261,18 +272,19 @@ class Hub:
                 # Redis went away: events published meanwhile are lost to live delivery;
                 # clients see a gap in seq and resubscribe with `since` (docs/protocol.md).
                 log.warning("pub/sub connection lost; resubscribing", extra={"error": repr(exc)})
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    channels = list(self._subscribed)
-                    self._pubsub = self.services.redis.pubsub()
-                    if channels:
-                        await self._pubsub.subscribe(*channels)
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                old, self._pubsub = self._pubsub, self.services.redis.pubsub()
+                await old.aclose()
+                await self._pubsub.subscribe(*self._subscribed)
 
     def _deliver(self, room: LocalRoom, payload: bytes) -> None:
         event = orjson.loads(payload)
+        self.metrics.room_events.inc()
         self._apply(room, event)
         room.pending.append((int(event["seq"]), text_frame(payload)))
         if not room.flush_scheduled:
+            room.first_pending_ts = event["ts"]
             room.flush_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._flush, room)
@@ -290,14 +302,15 @@ class Hub:
         elif kind == "user.unsanctioned":
             room.rules.sanctions.pop(data["user"]["id"], None)
         elif kind == "chat.settings":
+            # The words themselves are private (the event carries only their count):
+            # the next chat message in this room reloads them before it is judged.
             room.rules.slow_mode_s = data["slow_mode_s"]
-            task = asyncio.get_running_loop().create_task(self._reload_words(room))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            room.words_stale = True
         elif kind == "stream.state":
             room.state = data["state"]
 
     async def _reload_words(self, room: LocalRoom) -> None:
+        room.words_stale = False
         settings = await self.services.chat.settings(StreamId(uuid.UUID(room.id)))
         room.rules.words = WordFilter.of(self.services.global_blocked_words,
                                          settings.blocked_words)
@@ -308,6 +321,8 @@ class Hub:
         if not frames:
             return
         data = b"".join(frame for _seq, frame in frames)
+        self.metrics.deliveries.inc(len(frames) * len(room.connections))
+        self.metrics.fanout_lag.observe(max(0.0, time.time() - room.first_pending_ts))
         for conn in list(room.connections):
             held = conn.holding.get(room.id)
             if held is not None:
@@ -372,13 +387,7 @@ class Hub:
 
     def _leave_all(self, conn: Connection) -> None:
         for room_id in list(conn.rooms):
-            room = self.rooms.get(room_id)
-            if room is not None:
-                room.connections.discard(conn)
-                if not room.connections:
-                    room.idle_since = time.monotonic()
-        conn.rooms.clear()
-        conn.holding.clear()
+            self._leave(conn, room_id)
 
     # -- the socket -------------------------------------------------------------------------
 
@@ -389,7 +398,11 @@ class Hub:
                    if p.strip()]
         version = negotiate_version(offered, request.query.get("v"))
         user: Account | None = None
-        token = bearer_token(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        token = bearer_token(header)
+        if header is not None and token is None:
+            raise Unauthenticated("The Authorization header must be 'Bearer <token>'.",
+                                  code="invalid_authorization")
         if token is not None:
             found = await services.accounts.by_token(token_digest(token), services.clock())
             if found is None:
@@ -411,7 +424,8 @@ class Hub:
             return ws
         transport = request.transport
         assert transport is not None
-        conn = Connection(ws, transport, uuid.uuid4().hex, user)
+        conn = Connection(ws, transport, uuid.uuid4().hex, user,
+                          on_close=lambda reason: self.metrics.ws_closed.labels(reason).inc())
         self.connections.add(conn)
         conn.send({
             "type": "hello", "v": version, "session": conn.session,
@@ -437,15 +451,28 @@ class Hub:
     async def _on_text(self, conn: Connection, data: str) -> None:
         message_id = None
         try:
+            # Parse first, so even a refusal echoes the message's id; every frame, valid or
+            # not, counts against the connection's rate.
+            parsed: ClientMessage | ProtocolError
+            try:
+                parsed = parse_client_message(data)
+                message_id = parsed.id
+            except ProtocolError as exc:
+                parsed = exc
+                message_id = exc.details.get("id")
             retry = conn.bucket.take(time.monotonic())
             if retry is not None:
+                # Strikes count messages over the limit in a row; one within it forgives.
                 conn.strikes += 1
                 if conn.strikes >= FLOOD_STRIKES:
+                    conn.send(error_message(rate_limited(retry, code="flooding"), message_id))
                     conn.close(CLOSE_FLOODING, "flooding", now=False)
                     return
                 raise rate_limited(retry)
-            message = parse_client_message(data)
-            message_id = message.id
+            conn.strikes = 0
+            if isinstance(parsed, ProtocolError):
+                raise parsed
+            message = parsed
             handler = self._handlers[message.type]
             result = await handler(self, conn, message)
             if result is not None:
@@ -481,13 +508,22 @@ class Hub:
             raise Forbidden("This connection is logged in as another user; reconnect.",
                             code="already_authenticated")
         conn.user = found[0]
+        user_id = str(conn.user.id)
+        for room_id in list(conn.rooms):
+            room = self.rooms.get(room_id)
+            if room is not None and user_id in room.rules.sanctions:
+                try:
+                    room.rules.check_can_read(user_id, time.time())
+                except Forbidden:
+                    self._leave(conn, room_id)
+                    conn.send({"type": "unsubscribed", "room": room_id, "reason": "banned"})
         return {"user": _user_ref(conn.user)}
 
     async def _subscribe(self, conn: Connection, message: ClientMessage) -> None:
         room_id = message.body["room"].lower()
         if room_id in conn.rooms:
-            raise ClientError("Already subscribed to this room.", code="already_subscribed",
-                              room=room_id)
+            # Subscribing again re-synchronises (after a seq gap, say): leave, then join anew.
+            self._leave(conn, room_id)
         if len(conn.rooms) >= MAX_SUBSCRIPTIONS:
             raise ClientError(f"At most {MAX_SUBSCRIPTIONS} rooms per connection.",
                               code="too_many_subscriptions")
@@ -496,7 +532,11 @@ class Hub:
         except NotFound:
             raise NotFound("No such stream.", code="stream_not_found", room=room_id) from None
         user_id = None if conn.user is None else str(conn.user.id)
-        room.rules.check_can_read(user_id, time.time())
+        try:
+            room.rules.check_can_read(user_id, time.time())
+        except Forbidden as exc:
+            exc.details["room"] = room_id
+            raise
         conn.holding[room_id] = []
         conn.rooms.add(room_id)
         room.connections.add(conn)
@@ -522,6 +562,11 @@ class Hub:
             if seq > last:
                 parts.append(frame)
                 last = seq
+        # The viewer count now, so a client that recovered (no snapshot) need not wait for
+        # the count to change.
+        parts.append(dumps_frame({"type": "presence", "room": room_id,
+                                  "viewers": max(room.viewers, len(room.connections)),
+                                  "joined": []}))
         conn.write(b"".join(parts))
 
     async def _catch_up(self, room: LocalRoom, since: dict[str, Any] | None
@@ -533,8 +578,10 @@ class Hub:
         if since is not None and since["epoch"] == epoch and since["seq"] <= seq:
             missed = await self.bus.since(room.id, since["seq"], limit=HISTORY_EVENTS)
             seqs = [int(orjson.loads(raw)["seq"]) for raw in missed]
+            # Recovered only if history holds every event after the client's position up to
+            # (at least) the room's position, without a hole.
             contiguous = seqs == list(range(since["seq"] + 1, since["seq"] + 1 + len(seqs)))
-            if contiguous and (not seqs or seqs[-1] >= seq):
+            if contiguous and len(seqs) >= seq - since["seq"]:
                 result.update(recovered=True, missed=len(seqs))
                 return result, [(s, text_frame(raw)) for s, raw in zip(seqs, missed,
                                                                         strict=True)]
@@ -568,13 +615,17 @@ class Hub:
         if room_id not in conn.rooms:
             raise ClientError("Not subscribed to this room.", code="not_subscribed",
                               room=room_id)
+        self._leave(conn, room_id)
+        return {"room": room_id}
+
+    def _leave(self, conn: Connection, room_id: str) -> None:
         conn.rooms.discard(room_id)
+        conn.holding.pop(room_id, None)
         room = self.rooms.get(room_id)
         if room is not None:
             room.connections.discard(conn)
             if not room.connections:
                 room.idle_since = time.monotonic()
-        return {"room": room_id}
 
     def _writer_room(self, conn: Connection, room_id: str) -> tuple[Account, LocalRoom]:
         if conn.user is None:
@@ -590,11 +641,19 @@ class Hub:
         room_id = message.body["room"].lower()
         user, room = self._writer_room(conn, room_id)
         user_id = str(user.id)
+        if room.state == "ended":
+            raise ClientError("The stream has ended; its chat is closed.", code="stream_ended",
+                              room=room_id)
         is_staff = user_id == room.creator_id or user.can(Permission.STREAM_MODERATE)
+        if room.words_stale:
+            await self._reload_words(room)
         text = room.rules.check_message(user_id, message.body["text"], now_epoch_s=time.time(),
                                         is_staff=is_staff)
         if not is_staff:
-            retry = conn.chat_bucket.take(time.monotonic())
+            bucket = self._chat_buckets.get(user_id)
+            if bucket is None:
+                bucket = self._chat_buckets[user_id] = TokenBucket(CHAT_BURST, CHAT_PER_S)
+            retry = bucket.take(time.monotonic())
             if retry is not None:
                 raise rate_limited(retry)
             if room.rules.slow_mode_s:
@@ -610,7 +669,9 @@ class Hub:
 
     async def _like(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
         room_id = message.body["room"].lower()
-        _user, room = self._writer_room(conn, room_id)
+        user, room = self._writer_room(conn, room_id)
+        if room.rules.sanction(str(user.id), time.time()) is not None:
+            raise Forbidden("You cannot like in this room while muted or banned.", code="muted")
         room.likes_pending += message.body.get("count", 1)
         return {"room": room_id}
 
@@ -648,13 +709,16 @@ class Hub:
         for room in list(self.rooms.values()):
             delta, room.likes_pending = room.likes_pending, 0
             if delta:
-                total = await self.bus.add_likes(room.id, delta)
-                await self.bus.publish(room.id, "likes", {"total": total, "delta": delta},
-                                       time.time())
+                await self.bus.publish_likes(room.id, delta, time.time())
 
     async def _presence_pass(self) -> None:
         """Viewer counts across nodes, sent to local sockets when they change."""
         now = time.monotonic()
+        # Forget rate-limit buckets that have refilled: they hold no information.
+        refill_s = CHAT_BURST / CHAT_PER_S
+        for user_id, bucket in list(self._chat_buckets.items()):
+            if now - bucket.updated_s > refill_s:
+                del self._chat_buckets[user_id]
         for room in list(self.rooms.values()):
             if not room.connections and room.idle_since is not None \
                     and now - room.idle_since > IDLE_ROOM_S:

@@ -45,6 +45,32 @@ class Metrics:
         self.live_streams = Gauge(
             "livecore_live_streams", "Streams that are live.", registry=self.registry
         )
+        self.ws_connections = Gauge(
+            "livecore_ws_connections", "Open websocket connections on this node.",
+            registry=self.registry,
+        )
+        self.ws_rooms = Gauge(
+            "livecore_ws_rooms", "Rooms with local subscribers (or recently had).",
+            registry=self.registry,
+        )
+        self.room_events = Counter(
+            "livecore_room_events", "Room events received from Redis by this node.",
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "livecore_ws_deliveries", "Room events written to sockets (events x sockets).",
+            registry=self.registry,
+        )
+        self.ws_closed = Counter(
+            "livecore_ws_closed", "Websockets the server closed, by reason.", ["reason"],
+            registry=self.registry,
+        )
+        self.fanout_lag = Histogram(
+            "livecore_fanout_lag_seconds",
+            "From an event's publication (its ts) to its hand-over to the local sockets.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

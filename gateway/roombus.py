@@ -26,12 +26,21 @@ import orjson
 
 from livecore.wire import HISTORY_EVENTS
 
+# KEYS: room state hash, room history stream[, a counter]
+# ARGV: channel, epoch if new, event JSON without seq/epoch, history length[, counter increment]
+# With a counter, the script adds to it and writes the new total into the event in place of
+# the literal "total":null, so totals reach every node in the same order as the events.
 _PUBLISH = """
 local created = redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
 if created == 1 then redis.call('DEL', KEYS[2]) end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local event = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[3], 2)
+local body = ARGV[3]
+if KEYS[3] then
+  local total = redis.call('INCRBY', KEYS[3], ARGV[5])
+  body = (string.gsub(body, '"total":null', '"total":' .. total, 1))
+end
+local event = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', 'e', event)
 redis.call('PUBLISH', ARGV[1], event)
 return {seq, epoch}
@@ -89,8 +98,15 @@ class RoomBus:
         entries = await self._redis.xrevrange(self._key(room, "history"), count=limit)
         return [fields[b"e"] for _id, fields in reversed(entries)]
 
-    async def add_likes(self, room: str, count: int) -> int:
-        return int(await self._redis.incrby(self._key(room, "likes"), count))
+    async def publish_likes(self, room: str, delta: int, ts: float) -> int:
+        """Add ``delta`` to the room's like total and publish the ``likes`` event, atomically."""
+        body = orjson.dumps({"type": "likes", "room": room, "ts": round(ts, 3),
+                             "data": {"total": None, "delta": delta}})
+        seq, _epoch = await self._publish(
+            keys=[self._key(room, "state"), self._key(room, "history"), self._key(room, "likes")],
+            args=[self.channel(room), secrets.token_hex(8), body, HISTORY_EVENTS, delta],
+        )
+        return int(seq)
 
     async def likes(self, room: str) -> int:
         return int(await self._redis.get(self._key(room, "likes")) or 0)

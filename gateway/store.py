@@ -306,6 +306,15 @@ class PostgresStreams:
         )
         return [_stream(row) for row in rows]
 
+    async def open_stream_of(self, creator_id: UserId) -> Stream | None:
+        """The creator's stream that has not ended, if any (there is at most one)."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_STREAM_COLUMNS} FROM {_STREAM_FROM}"
+            " WHERE s.creator_id = $1 AND s.state <> 'ended'",
+            creator_id,
+        )
+        return None if row is None else _stream(row)
+
     async def update_text(self, stream_id: StreamId, text: StreamText) -> Stream:
         status = await self._pool.execute(
             "UPDATE streams SET title = $2, description = $3 WHERE id = $1",

@@ -280,7 +280,7 @@ SERVER_SCHEMAS: dict[str, Schema] = {
         "properties": {
             "type": {"const": "unsubscribed"},
             "room": _ROOM,
-            "reason": {"enum": ["banned", "stream_ended"]},
+            "reason": {"enum": ["banned"]},
         },
         "required": ["type", "room", "reason"],
         "additionalProperties": False,

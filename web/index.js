@@ -14,7 +14,7 @@ function streamItem(stream) {
   item.dataset.streamId = stream.id;
   const title = document.createElement("a");
   title.className = "title";
-  title.href = `/api/v1/streams/${encodeURIComponent(stream.id)}`;
+  title.href = `/watch/${encodeURIComponent(stream.id)}`;
   title.textContent = stream.title;
   const creator = document.createElement("span");
   creator.className = "creator";

@@ -1,0 +1,73 @@
+"""The hub when Redis goes away and comes back (a Redis of the test's own, never the
+machine's)."""
+
+import asyncio
+
+import pytest
+
+from gateway.app import create_app
+from gateway.client import HubError
+from gateway.embedded import EmbeddedServers
+from gateway.services import Services
+from ledger.migrate import migrate
+from ledger.postgres import connect
+from livecore.settings import Settings
+from tests.hub.conftest import Node
+from tests.support import ApiClient
+
+
+@pytest.fixture
+async def own_servers(tmp_path):
+    servers = EmbeddedServers(tmp_path / "data")
+    database_url, redis_url = servers.start()
+    conn = await connect(database_url)
+    await migrate(conn)
+    await conn.close()
+    yield servers, database_url, redis_url
+    servers.stop()
+
+
+async def test_chat_survives_a_redis_restart(own_servers):
+    servers, database_url, redis_url = own_servers
+    services = await Services.connect(Settings(redis_prefix="hubfaults:"),
+                                      database_url=database_url, redis_url=redis_url)
+    try:
+        async with ApiClient.serving(create_app(services)) as api:
+            node = Node(api)
+            _, creator = await api.new_creator()
+            _, stream = await api.request("POST", "/api/v1/streams", token=creator,
+                                          json={"title": "Faults"})
+            room = stream["id"]
+            async with node.client(creator) as client, node.client() as reader:
+                await client.subscribe(room)
+                await reader.subscribe(room)
+                await client.request({"type": "chat", "room": room, "text": "before"})
+                before = await reader.next_event("chat.message")
+
+                servers.redis.stop()
+                (servers.redis.directory / "dump.rdb").unlink(missing_ok=True)  # back empty
+                with pytest.raises(HubError) as caught:
+                    await client.request({"type": "chat", "room": room, "text": "lost"})
+                assert caught.value.code == "service_unavailable"
+                assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+                servers.redis.start()
+                delivered = None
+                for attempt in range(20):  # the node resubscribes about a second later
+                    try:
+                        await client.request({"type": "chat", "room": room,
+                                              "text": f"after {attempt}"})
+                        delivered = await reader.next_event("chat.message", timeout=2)
+                        break
+                    except (HubError, TimeoutError):
+                        await asyncio.sleep(0.5)
+                assert delivered is not None
+                # Redis came back empty: a new epoch tells clients to take a new snapshot.
+                assert delivered["epoch"] != before["epoch"]
+                again = await reader.request({"type": "unsubscribe", "room": room})
+                assert again == {"room": room}
+                reader.positions[room] = (before["epoch"], before["seq"])
+                result = await reader.subscribe(room, recover=True)
+                assert result["recovered"] is False and result["epoch"] == delivered["epoch"]
+    finally:
+        await services.close()
