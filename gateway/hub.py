@@ -239,6 +239,8 @@ class Hub:
                                        SHUTDOWN_CLOSE_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await self._likes_pass()
+            for room_id in list(self.rooms):  # our viewers leave the cluster's counts now
+                await self.bus.set_viewers(room_id, self.node_id, 0, NODE_TTL_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

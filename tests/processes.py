@@ -123,6 +123,8 @@ class Background:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
+        """SIGKILL the process group. (A supervisor such as honcho must be stopped with
+        :meth:`interrupt` first: its children live in groups of their own.)"""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()

@@ -126,14 +126,16 @@ async def test_honcho_runs_web_and_worker_from_the_procfile(backend, tmp_path):
     command = [str(BIN / "honcho"), "--no-colour", "-f", str(REPO / "Procfile"),
                "-d", str(tmp_path), "start", "web", "worker"]
     with Background(command, env, cwd=tmp_path) as honcho:
-        honcho.wait_for("Livecore serving on", timeout=90)
-        honcho.wait_for("worker running", timeout=60)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
-                assert response.status == 200
-        # Ctrl-C: honcho passes SIGTERM on; both processes shut down cleanly. (honcho's
-        # own status is 130 and the shells it wraps report -15, whatever the processes do.)
-        honcho.interrupt()
+        try:
+            honcho.wait_for("Livecore serving on", timeout=90)
+            honcho.wait_for("worker running", timeout=60)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    assert response.status == 200
+        finally:
+            # Ctrl-C: honcho passes SIGTERM on; both processes shut down cleanly. (honcho's
+            # own status is 130 and the shells it wraps report -15, whatever they do.)
+            honcho.interrupt()
     output = honcho.output()
     assert "web.1    | Stopped." in output
     assert "worker.1 | Worker stopped." in output
