@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.api import ROUTES, SERVICES_KEY, Call, Route, add_routes
 from gateway.chat_api import CHAT_ROUTES
+from gateway.gift_api import GIFT_ROUTES
 from gateway.http import METRICS_KEY, edge_middleware, json_response
 from gateway.hub import Hub
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -68,7 +69,7 @@ OPS_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", openapi, "This document.", "public", "operations",
           response={"type": "object"}),
 )
-ALL_ROUTES = ROUTES + CHAT_ROUTES + OPS_ROUTES
+ALL_ROUTES = ROUTES + CHAT_ROUTES + GIFT_ROUTES + OPS_ROUTES
 HUB_KEY = web.AppKey("hub", Hub)
 OPENAPI_DOCUMENT = build_document(ALL_ROUTES)
 
@@ -95,10 +96,12 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get("/ws", hub.handle)
 
     async def start_hub(app: web.Application) -> None:
+        await services.gifts.start()
         await hub.start()
 
     async def stop_hub(app: web.Application) -> None:
         await hub.stop()
+        await services.gifts.stop()  # commits the gifts still queued
 
     app.on_startup.append(start_hub)
     app.on_shutdown.append(stop_hub)

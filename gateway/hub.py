@@ -47,6 +47,7 @@ from aiohttp import WSMsgType, web
 from websockets.frames import Frame, Opcode
 
 from gateway.auth import bearer_token, token_digest
+from gateway.gifts import GiftRequest, gift_json
 from gateway.metrics import Metrics
 from gateway.services import Services
 from ledger.postgres import UNAVAILABLE_ERRORS
@@ -677,6 +678,17 @@ class Hub:
         room.likes_pending += message.body.get("count", 1)
         return {"room": room_id}
 
+    async def _gift(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
+        """A gift over the socket: answered after COMMIT; the room sees it after that."""
+        room_id = message.body["room"].lower()
+        user, _room = self._writer_room(conn, room_id)
+        request = GiftRequest(uuid.UUID(message.body["gift_id"]),
+                              StreamId(uuid.UUID(room_id)), message.body["gift"],
+                              message.body.get("quantity", 1))
+        outcome, combo = await self.services.gifts.send(user, request)
+        catalogue = await self.services.gifts.catalogue()
+        return gift_json(outcome, catalogue.get(outcome.order.gift_slug), combo)
+
     async def _ping(self, conn: Connection, message: ClientMessage) -> None:
         reply: dict[str, Any] = {"type": "pong", "server_time": time.time()}
         if message.id is not None:
@@ -691,6 +703,7 @@ class Hub:
         "chat": _chat,
         "like": _like,
         "ping": _ping,
+        "gift": _gift,
     }
 
     # -- timers -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ _PATH_PARAM = re.compile(r"{([a-z_]+)}")
 _ERROR_TEXT = {
     400: "Malformed request (bad JSON, bad query parameter).",
     401: "Missing, unknown, expired or revoked bearer token.",
+    402: "Not enough coins; nothing was spent.",
     403: "The caller's roles or ownership do not allow this.",
     404: "Unknown id.",
     409: "Conflicts with the current state (duplicate, or a transition that is not allowed).",
@@ -37,7 +38,8 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": {},
     }
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": schemas.UUID}
+        {"name": name, "in": "path", "required": True,
+         "schema": schemas.UUID if name.endswith("_id") else {"type": "string"}}
         for name in _PATH_PARAM.findall(route.path)
     ]
     params += [

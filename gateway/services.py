@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from gateway.auth import LoginThrottle
+from gateway.gifts import GiftService
 from gateway.roombus import RoomBus
 from gateway.store import PostgresAccounts, PostgresChat, PostgresStreams
 from ledger.postgres import create_pool
@@ -50,12 +51,14 @@ class Services:
     chat: PostgresChat = field(init=False)
     throttle: LoginThrottle = field(init=False)
     bus: RoomBus = field(init=False)
+    gifts: GiftService = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = PostgresAccounts(self.pool)
         self.streams = PostgresStreams(self.pool)
         self.chat = PostgresChat(self.pool)
         self.bus = RoomBus(self.redis, self.settings.redis_prefix)
+        self.gifts = GiftService(self)
         self.throttle = LoginThrottle(
             self.redis,
             prefix=self.settings.redis_prefix,

@@ -31,6 +31,7 @@ class Permission(enum.StrEnum):
     STREAM_MODERATE = "stream:moderate"  # end or edit anyone's stream
     USER_READ = "user:read"  # look up any account
     USER_MANAGE = "user:manage"  # assign roles
+    ECONOMY_MANAGE = "economy:manage"  # edit the gift catalogue, grant promotional coins
 
 
 GRANTS: dict[Permission, frozenset[Role]] = {
@@ -38,6 +39,7 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.STREAM_MODERATE: frozenset({Role.MODERATOR, Role.ADMIN}),
     Permission.USER_READ: frozenset({Role.MODERATOR, Role.FINANCE, Role.ADMIN}),
     Permission.USER_MANAGE: frozenset({Role.ADMIN}),
+    Permission.ECONOMY_MANAGE: frozenset({Role.ADMIN}),
 }
 
 

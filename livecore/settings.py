@@ -143,6 +143,14 @@ class Settings:
             "Take the client address from X-Forwarded-For (only behind a trusted proxy).",
         ),
     )
+    platform_cut_bp: int = field(
+        default=5000,
+        metadata=_env(
+            "LIVECORE_PLATFORM_CUT_BP",
+            "The platform's share of each gift in basis points (5000 = 50%); per-creator "
+            "terms override it.",
+        ),
+    )
     blocked_words: str = field(
         default="",
         metadata=_env(
@@ -194,6 +202,8 @@ class Settings:
         for f in dataclasses.fields(self):
             if f.name in positive and getattr(self, f.name) <= 0:
                 problems.append(f"{f.metadata['env']} must be positive")
+        if not 0 <= self.platform_cut_bp <= 10_000:
+            problems.append("LIVECORE_PLATFORM_CUT_BP must be between 0 and 10000")
         if self.min_signup_age < 0:
             problems.append("LIVECORE_MIN_SIGNUP_AGE must not be negative")
         public_scheme = urlsplit(self.public_url).scheme if self.public_url else "https"

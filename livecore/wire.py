@@ -144,6 +144,15 @@ CLIENT_SCHEMAS: dict[str, Schema] = {
         ["room"],
     ),
     "ping": _client("ping", {}, []),
+    "gift": _client(
+        "gift",
+        {"room": _ROOM,
+         "gift_id": {**_UUID, "pattern": _UUID_PATTERN,
+                     "description": "Chosen by the client; a retry reuses it."},
+         "gift": {"type": "string", "maxLength": 32},
+         "quantity": {"type": "integer", "minimum": 1, "maximum": 99}},
+        ["room", "gift_id", "gift"],
+    ),
 }
 
 _USER_REF: Schema = {
@@ -205,6 +214,14 @@ ROOM_EVENT_SCHEMAS: dict[str, Schema] = {
         "likes",
         _object({"total": {"type": "integer", "minimum": 0},
                  "delta": {"type": "integer", "minimum": 1}}),
+    ),
+    "gift.sent": _room_event(
+        "gift.sent",
+        _object({"gift_id": _UUID, "sender": _USER_REF, "gift": {"type": "string"},
+                 "name": {"type": "string"}, "animation": {"type": "string"},
+                 "quantity": {"type": "integer", "minimum": 1},
+                 "coins": {"type": "integer", "minimum": 1},
+                 "combo": {"type": ["integer", "null"], "minimum": 1}}),
     ),
     "stream.state": _room_event(
         "stream.state",
