@@ -7,6 +7,7 @@
     livecore user create NAME      create an account with roles (bootstrap an admin)
     livecore user roles NAME       replace an account's roles
     livecore protocol-schema       print the websocket protocol's JSON Schema document
+    livecore audit verify          check every ledger invariant; exit status 1 if any fails
 
 Settings come from the environment (see docs/configuration.md); this module is the only
 place that reads ``os.environ``.
@@ -37,7 +38,9 @@ from gateway.logs import configure_logging
 from gateway.services import Services, connect_redis, utc_now
 from gateway.store import PostgresAccounts
 from ledger import postgres
+from ledger.audit import CheckResult, verify_postgres, verify_projection
 from ledger.migrate import migrate
+from ledger.projection import RedisProjection
 from livecore.accounts import (
     Role,
     check_password,
@@ -261,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     roles = user_commands.add_parser("roles", help="replace an account's roles")
     roles.add_argument("username")
     roles.add_argument("--role", action="append", choices=[r.value for r in Role], help=role_help)
+    audit = commands.add_parser("audit", help="check the ledger")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="check every ledger invariant")
+    verify.add_argument("--repair-redis", action="store_true",
+                        help="rebuild live streams whose Redis projection differs")
     commands.add_parser(
         "protocol-schema",
         help="print the websocket protocol's JSON Schema (docs/protocol-v1.schema.json)",
@@ -301,10 +309,56 @@ def run(argv: list[str] | None, environ: dict[str, str] | Any) -> int:
                     say(asyncio.run(create_user(database_url, args, password)))
                 else:
                     say(asyncio.run(set_roles(database_url, args)))
+        elif args.command == "audit":
+            with database(settings) as database_url:
+                data_dir = Path(settings.data_dir).resolve()
+                return asyncio.run(audit_verify(settings, database_url, data_dir,
+                                                repair=args.repair_redis))
     except LivecoreError as exc:
         print(f"livecore: {exc.message}", file=sys.stderr)
         return 1
     return 0
+
+
+async def audit_verify(settings: Settings, database_url: str, data_dir: Path, *,
+                       repair: bool) -> int:
+    """Print the invariant report; 0 when every check passes, 1 otherwise."""
+    from rich.console import Console
+    from rich.table import Table
+
+    pool = await postgres.create_pool(database_url, max_size=2)
+    try:
+        results = await verify_postgres(pool)
+        redis_url = settings.redis_url.reveal() if settings.redis_url else None
+        embedded = EmbeddedRedis(data_dir / "redis")
+        if redis_url is None and embedded.is_running():
+            redis_url = embedded.url
+        if redis_url is None:
+            results.append(CheckResult("redis_matches_postgres",
+                                       "not checked: no REDIS_URL and no embedded Redis running"))
+        else:
+            client = await connect_redis(redis_url)
+            try:
+                projection = RedisProjection(client, settings.redis_prefix)
+                if repair:
+                    live = await pool.fetch("SELECT id FROM streams WHERE state = 'live'")
+                    for row in live:
+                        await projection.reconcile(pool, row["id"], repair=True)
+                results.append(await verify_projection(pool, projection))
+            finally:
+                await client.aclose()
+    finally:
+        await pool.close()
+    table = Table(title="Ledger audit")
+    for column in ("check", "result", "failures", "examples"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(result.description, "ok" if result.ok else "FAILED",
+                      str(result.failures), "\n".join(result.examples))
+    Console(width=160).print(table)
+    failed = [r.name for r in results if not r.ok]
+    say("All invariants hold." if not failed else f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 async def _run_worker(settings: Settings, database_url: str, data_dir: Path) -> None:

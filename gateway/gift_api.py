@@ -127,6 +127,15 @@ async def send_gift(call: Call) -> web.StreamResponse:
     return json_response(result, status=201 if outcome.is_new else 200)
 
 
+async def stream_board(call: Call) -> web.StreamResponse:
+    stream = await call.services.streams.get(
+        StreamId(_uuid(call.request.match_info["stream_id"], "stream_id")))
+    totals = await call.services.gifts.projection.totals(stream.id, top=10)
+    return json_response({"stream_id": str(stream.id), "coins": totals.coins,
+                          "gifts": totals.gifts,
+                          "top": [{"user_id": user, "coins": coins} for user, coins in totals.top]})
+
+
 async def my_wallet(call: Call) -> web.StreamResponse:
     return json_response(await call.services.gifts.wallet(call.account.id))
 
@@ -142,6 +151,18 @@ async def post_grant(call: Call) -> web.StreamResponse:
                          status=201 if applied else 200)
 
 
+BOARD: Schema = {
+    "type": "object",
+    "properties": {
+        "stream_id": UUID, "coins": {"type": "integer"}, "gifts": {"type": "integer"},
+        "top": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"user_id": UUID, "coins": {"type": "integer"}},
+            "required": ["user_id", "coins"]}},
+    },
+    "required": ["stream_id", "coins", "gifts", "top"],
+}
+
 GIFT_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/gifts/catalogue", get_catalogue, "The gifts on offer.", "public",
           "gifts", response=CATALOGUE),
@@ -152,6 +173,9 @@ GIFT_ROUTES: tuple[Route, ...] = (
           "Send a gift to a live stream; 201 when new, 200 when replaying a retry.", "user",
           "gifts", body=SEND_GIFT, response=GIFT_RESULT, status=201,
           errors=(402, 404, 409, 422)),
+    Route("GET", "/api/v1/streams/{stream_id}/leaderboard", stream_board,
+          "The stream's gift totals and top gifters (live projection).", "public", "gifts",
+          response=BOARD, errors=(404,)),
     Route("GET", "/api/v1/me/wallet", my_wallet, "Your coins and diamonds.", "user", "gifts",
           response=WALLET),
     Route("POST", "/api/v1/admin/grants", post_grant,

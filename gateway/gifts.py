@@ -9,6 +9,7 @@ gift that is not in the ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import redis.exceptions
 
 from ledger.batcher import GiftBatcher, GiftOrder, GiftOutcome
+from ledger.projection import RedisProjection
 from livecore.accounts import Account
 from livecore.economy import DEFAULT_CATALOGUE, ComboTracker, GiftType, price_of, split
 from livecore.errors import Conflict, ValidationFailed
@@ -28,6 +30,7 @@ from livecore.streams import StreamState
 log = logging.getLogger(__name__)
 
 CATALOGUE_TTL_S = 10.0
+PROJECTION_CHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class GiftService:
     def __init__(self, services: Any) -> None:
         self.services = services
         self.batcher = GiftBatcher(services.pool, clock=services.clock)
+        self.projection = RedisProjection(services.redis, services.settings.redis_prefix)
+        self._watch: asyncio.Task[None] | None = None
         self.combos = ComboTracker()
         self._catalogue: dict[str, GiftType] = {}
         self._loaded_at = 0.0
@@ -72,11 +77,31 @@ class GiftService:
         if self._users == 1:
             await self.seed_catalogue()
             await self.batcher.start()
+            self._watch = asyncio.create_task(self._watch_projection(), name="projection")
 
     async def stop(self) -> None:
         self._users -= 1
         if self._users == 0:
+            if self._watch is not None:
+                self._watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch
             await self.batcher.stop()
+
+    async def _watch_projection(self) -> None:
+        """Notice when Redis lost its data (the sentinel is gone) and rebuild the live
+        streams from PostgreSQL, while gifts keep flowing."""
+        while True:
+            try:
+                if not await self.projection.is_intact():
+                    rebuilt = await self.projection.rebuild_live(self.services.pool)
+                    log.warning("projection rebuilt from the ledger",
+                                extra={"streams": rebuilt})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("projection check failed", extra={"error": repr(exc)})
+            await asyncio.sleep(PROJECTION_CHECK_S)
 
     async def seed_catalogue(self) -> None:
         """A new installation starts with the default catalogue (admins edit it later); an
@@ -147,6 +172,7 @@ class GiftService:
         order = GiftOrder(request.gift_id, sender.id, stream.id, stream.creator_id, gift.slug,
                           request.quantity, price, parts.creator_share, parts.platform_cut)
         outcome = await self.batcher.send(order)
+        await self._project(outcome)
         if not outcome.is_new:
             return outcome, None
         combo = self.combos.record(str(stream.id), str(sender.id), gift, request.quantity,
@@ -164,6 +190,18 @@ class GiftService:
             log.warning("gift committed but not published",
                         extra={"gift_id": str(order.gift_id), "error": repr(exc)})
         return outcome, combo if gift.streakable else None
+
+    async def _project(self, outcome: GiftOutcome) -> None:
+        """Count the committed gift in Redis (once per gift id, so a replay fills the gap a
+        crash between COMMIT and this update left)."""
+        order = outcome.order
+        try:
+            await self.projection.apply(gift_id=order.gift_id, stream_id=order.stream_id,
+                                        creator_id=order.creator_id, sender_id=order.sender_id,
+                                        coins=order.price)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("gift committed but not projected",
+                        extra={"gift_id": str(order.gift_id), "error": repr(exc)})
 
     async def wallet(self, user_id: uuid.UUID) -> dict[str, int]:
         rows = await self.services.pool.fetch(

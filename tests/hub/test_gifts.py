@@ -1,5 +1,6 @@
 """Gifts end to end: HTTP and websocket, the ledger, and the room."""
 
+import asyncio
 import datetime as dt
 import uuid
 
@@ -138,3 +139,53 @@ async def test_gift_over_the_websocket(node, economy):
             await sender.request({"type": "gift", "room": room, "gift_id": str(uuid.uuid4()),
                                   "gift": "castle"})
         assert caught.value.code == "insufficient_coins"
+
+
+async def _send(api, token, room, gift="rose", quantity=1):
+    response, body = await api.request("POST", "/api/v1/gifts", token=token, json={
+        "gift_id": str(uuid.uuid4()), "stream_id": room, "gift": gift, "quantity": quantity})
+    assert response.status == 201, body
+    return body
+
+
+async def test_projection_counts_each_gift_once_and_rebuilds_after_loss(node, economy,
+                                                                        services):
+    from ledger.projection import postgres_totals
+
+    api, room = node.api, economy["stream"]
+    first = await _send(api, economy["viewer"], room, "heart", 2)
+    await _send(api, economy["viewer"], room, "rose", 3)
+    response, board = await api.request("GET", f"/api/v1/streams/{room}/leaderboard")
+    assert response.status == 200
+    assert (board["coins"], board["gifts"]) == (13, 2)
+    assert board["top"] == [{"user_id": economy["viewer_id"], "coins": 13}]
+    projection = services.gifts.projection
+    # Applying the same gift again (a replay after a crash) changes nothing.
+    again = await projection.apply(gift_id=uuid.UUID(first["gift_id"]),
+                                   stream_id=uuid.UUID(room),
+                                   creator_id=uuid.UUID(economy["creator_id"]),
+                                   sender_id=uuid.UUID(economy["viewer_id"]), coins=10)
+    assert again is False
+    # Redis loses the stream's keys: a reconciliation reports and repairs the difference.
+    keys = [k async for k in services.redis.scan_iter(match=f"*proj:stream:{{{room}}}*")]
+    await services.redis.delete(*keys)
+    difference = await projection.reconcile(services.pool, uuid.UUID(room), repair=True)
+    assert difference is not None and difference.redis.coins == 0
+    assert difference.postgres.coins == 13
+    assert await projection.reconcile(services.pool, uuid.UUID(room), repair=False) is None
+    truth = await postgres_totals(services.pool, uuid.UUID(room), top=None)
+    assert (await projection.totals(uuid.UUID(room))) == truth
+
+
+async def test_the_server_notices_redis_lost_its_data_and_rebuilds(node, economy, services):
+    api, room = node.api, economy["stream"]
+    await _send(api, economy["viewer"], room, "coffee")
+    keys = [k async for k in services.redis.scan_iter(match=f"{services.bus.prefix}proj:*")]
+    await services.redis.delete(*keys)  # as if Redis restarted empty
+    board = None
+    for _ in range(40):  # the watcher checks every 2 s
+        _, board = await api.request("GET", f"/api/v1/streams/{room}/leaderboard")
+        if board["coins"] == 10:
+            break
+        await asyncio.sleep(0.25)
+    assert board is not None and board["coins"] == 10

@@ -1,0 +1,87 @@
+"""Ledger invariants, checked over the whole database (``livecore audit verify``).
+
+Each check is one query that returns the offending rows (at most :data:`SAMPLE` of them, and
+their count), so a report says what is wrong and where, not only that something is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.projection import RedisProjection
+
+SAMPLE = 5
+
+
+@dataclass
+class CheckResult:
+    name: str
+    description: str
+    failures: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failures == 0
+
+
+_CHECKS: tuple[tuple[str, str, str], ...] = (
+    ("transfers_balance", "every transfer's entries sum to zero",
+     "SELECT transfer_id::text AS what FROM ledger_entries GROUP BY transfer_id"
+     " HAVING sum(amount) <> 0"),
+    ("no_negative_wallets", "no wallet, earnings or platform balance below zero",
+     "SELECT kind || ' ' || coalesce(owner_id::text, '') || ' = ' || balance AS what"
+     " FROM ledger_accounts WHERE kind IN ('wallet', 'earnings', 'platform') AND balance < 0"),
+    ("balances_match_entries", "every balance equals the sum of its account's entries",
+     "SELECT a.kind || ' ' || coalesce(a.owner_id::text, '') || ': balance ' || a.balance"
+     " || ', entries ' || coalesce(e.total, 0) AS what FROM ledger_accounts a"
+     " LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger_entries"
+     " GROUP BY account_id) e ON e.account_id = a.id WHERE a.balance <> coalesce(e.total, 0)"),
+    ("gifts_applied_once", "every gift is debited exactly once, for its price",
+     "SELECT g.id::text || ': ' || count(e.id) || ' debit(s)' AS what FROM gifts g"
+     " LEFT JOIN ledger_entries e ON e.gift_id = g.id GROUP BY g.id, g.price"
+     " HAVING count(e.id) <> 1 OR coalesce(sum(e.amount), 0) <> -g.price"),
+    ("entries_name_real_gifts", "every gift entry belongs to a gift of its transfer",
+     "SELECT e.id::text AS what FROM ledger_entries e LEFT JOIN gifts g ON g.id = e.gift_id"
+     " WHERE e.gift_id IS NOT NULL AND (g.id IS NULL OR g.transfer_id <> e.transfer_id)"),
+    ("split_adds_up", "creator share + platform cut = price, for every gift",
+     "SELECT id::text AS what FROM gifts WHERE creator_share + platform_cut <> price"),
+    ("gift_batches_credit_shares",
+     "each gift batch credits creators and the platform exactly the gifts' shares and cuts",
+     "SELECT t.id::text AS what FROM ledger_transfers t"
+     " JOIN (SELECT transfer_id, sum(price) AS price FROM gifts GROUP BY transfer_id) g"
+     " ON g.transfer_id = t.id"
+     " JOIN (SELECT transfer_id, sum(amount) FILTER (WHERE amount > 0) AS credits"
+     " FROM ledger_entries GROUP BY transfer_id) e ON e.transfer_id = t.id"
+     " WHERE t.kind = 'gift_batch' AND g.price <> e.credits"),
+)
+
+
+async def verify_postgres(pool: Any) -> list[CheckResult]:
+    results = []
+    for name, description, query in _CHECKS:
+        rows = await pool.fetch(f"SELECT what, count(*) OVER () AS n FROM ({query}) q"
+                                f" LIMIT {SAMPLE}")
+        result = CheckResult(name, description)
+        if rows:
+            result.failures = int(rows[0]["n"])
+            result.examples = [str(r["what"]) for r in rows]
+        results.append(result)
+    return results
+
+
+async def verify_projection(pool: Any, projection: RedisProjection) -> CheckResult:
+    """Redis totals equal PostgreSQL sums, for every live stream."""
+    result = CheckResult("redis_matches_postgres",
+                         "live streams' Redis totals and boards equal the ledger's")
+    for row in await pool.fetch("SELECT id FROM streams WHERE state = 'live' ORDER BY id"):
+        difference = await projection.reconcile(pool, row["id"], repair=False)
+        if difference is not None:
+            result.failures += 1
+            if len(result.examples) < SAMPLE:
+                result.examples.append(
+                    f"{row['id']}: redis {difference.redis.coins} coins / "
+                    f"{difference.redis.gifts} gifts, ledger {difference.postgres.coins} / "
+                    f"{difference.postgres.gifts}")
+    return result

@@ -1,0 +1,88 @@
+"""`livecore audit verify` over a database of its own, healthy and then damaged."""
+
+import datetime as dt
+import secrets
+import uuid
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from ledger.batcher import GiftBatcher, GiftOrder, grant
+from ledger.migrate import migrate
+from ledger.projection import RedisProjection
+from tests.processes import environment, run
+from tests.support import database_url_for
+
+
+@pytest.fixture
+async def ledger_db(backend):
+    name = f"livecore_audit_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(backend.admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(backend.admin_url, name)
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await conn.close()
+    yield url
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def _fill(url, redis_url, prefix):
+    """A live stream with a few committed (and projected) gifts."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    creator, viewer, stream = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.executemany(
+        "INSERT INTO users (id, username, password_hash, birthdate, roles, created_at)"
+        " VALUES ($1, $2, 'x', '1990-01-01', '{viewer}', now())",
+        [(creator, "creator1"), (viewer, "viewer1")])
+    await pool.execute("INSERT INTO streams (id, creator_id, title, stream_key, created_at,"
+                       " state, started_at) VALUES ($1, $2, 't', 'k', now(), 'live', now())",
+                       stream, creator)
+    await pool.execute("INSERT INTO gift_types VALUES ('rose', 'Rose', 1, true, 'rose', true,"
+                       " now())")
+    now = dt.datetime.now(dt.UTC)
+    await grant(pool, grant_id=uuid.uuid4(), user_id=viewer, coins=100, memo="", actor_id=None,
+                now=now)
+    batcher = GiftBatcher(pool, clock=lambda: dt.datetime.now(dt.UTC))
+    await batcher.start()
+    client = aioredis.from_url(redis_url)
+    projection = RedisProjection(client, prefix)
+    for price in (3, 4, 5):
+        outcome = await batcher.send(GiftOrder(uuid.uuid4(), viewer, stream, creator, "rose",
+                                               price, price, price - price // 2, price // 2))
+        await projection.apply(gift_id=outcome.order.gift_id, stream_id=stream,
+                               creator_id=creator, sender_id=viewer, coins=price)
+    await batcher.stop()
+    await client.aclose()
+    return pool, stream
+
+
+async def test_audit_verify_passes_then_catches_damage(ledger_db, backend):
+    prefix = f"{backend.redis_prefix}audit:"
+    pool, stream = await _fill(ledger_db, backend.redis_url, prefix)
+    env = environment(DATABASE_URL=ledger_db, REDIS_URL=backend.redis_url,
+                      LIVECORE_REDIS_PREFIX=prefix)
+    try:
+        done = run(["audit", "verify"], env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "All invariants hold." in done.stdout
+
+        # Damage the projection, and a balance (balances are not append-only).
+        client = aioredis.from_url(backend.redis_url)
+        await client.delete(f"{prefix}proj:stream:{{{stream}}}:totals")
+        await client.aclose()
+        await pool.execute("UPDATE ledger_accounts SET balance = balance + 1"
+                           " WHERE kind = 'earnings'")
+        done = run(["audit", "verify"], env)
+        assert done.returncode == 1
+        assert "FAILED: balances_match_entries, redis_matches_postgres" in done.stdout
+
+        # The projection can be repaired from the ledger; the balance cannot (and must not).
+        done = run(["audit", "verify", "--repair-redis"], env)
+        assert done.returncode == 1
+        assert "FAILED: balances_match_entries" in done.stdout
+        assert "redis_matches_postgres" not in done.stdout.split("FAILED:")[1]
+    finally:
+        await pool.close()
