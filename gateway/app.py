@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.api import ROUTES, SERVICES_KEY, Call, Route, add_routes
 from gateway.chat_api import CHAT_ROUTES
+from gateway.finance_api import FINANCE_ROUTES
 from gateway.gift_api import GIFT_ROUTES
 from gateway.http import METRICS_KEY, edge_middleware, json_response
 from gateway.hub import Hub
@@ -69,7 +70,7 @@ OPS_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", openapi, "This document.", "public", "operations",
           response={"type": "object"}),
 )
-ALL_ROUTES = ROUTES + CHAT_ROUTES + GIFT_ROUTES + OPS_ROUTES
+ALL_ROUTES = ROUTES + CHAT_ROUTES + GIFT_ROUTES + FINANCE_ROUTES + OPS_ROUTES
 HUB_KEY = web.AppKey("hub", Hub)
 OPENAPI_DOCUMENT = build_document(ALL_ROUTES)
 

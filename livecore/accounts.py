@@ -32,6 +32,7 @@ class Permission(enum.StrEnum):
     USER_READ = "user:read"  # look up any account
     USER_MANAGE = "user:manage"  # assign roles
     ECONOMY_MANAGE = "economy:manage"  # edit the gift catalogue, grant promotional coins
+    FINANCE_READ = "finance:read"  # the journal, balances, statements, reconciliation
 
 
 GRANTS: dict[Permission, frozenset[Role]] = {
@@ -40,6 +41,7 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.USER_READ: frozenset({Role.MODERATOR, Role.FINANCE, Role.ADMIN}),
     Permission.USER_MANAGE: frozenset({Role.ADMIN}),
     Permission.ECONOMY_MANAGE: frozenset({Role.ADMIN}),
+    Permission.FINANCE_READ: frozenset({Role.FINANCE, Role.ADMIN}),
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from gateway.app import create_app
 from gateway.client import HubClient
 from gateway.services import Services
+from livecore.accounts import Role
+from livecore.streams import StreamEvent
 from livecore.wire import SERVER_SCHEMAS, SUBSCRIBE_RESULT
 from tests.support import ApiClient
 
@@ -69,3 +73,33 @@ async def live_room(node: Node) -> tuple[str, str]:
     _, stream = await node.api.request("POST", "/api/v1/streams", token=token,
                                        json={"title": "Hub test"})
     return stream["id"], token
+
+
+@pytest.fixture
+async def economy(node: Node, services: Services) -> dict[str, str]:
+    """An admin, a live stream, and a viewer with 100 granted coins."""
+    api = node.api
+    admin, admin_token = await api.new_user()
+    await services.accounts.set_roles(admin["id"], {Role.ADMIN}, actor_id=None, reason="t",
+                                      now=dt.datetime.now(dt.UTC))
+    creator, creator_token = await api.new_creator()
+    _, stream = await api.request("POST", "/api/v1/streams", token=creator_token,
+                                  json={"title": "Gifts"})
+    await services.streams.transition(stream["id"], StreamEvent.START, dt.datetime.now(dt.UTC))
+    viewer, viewer_token = await api.new_user()
+    grant_id = str(uuid.uuid4())
+    response, body = await api.request("POST", "/api/v1/admin/grants", token=admin_token,
+                                       json={"grant_id": grant_id, "user_id": viewer["id"],
+                                             "coins": 100, "memo": "welcome"})
+    assert response.status == 201 and body["replayed"] is False
+    return {"admin": admin_token, "creator": creator_token, "creator_id": creator["id"],
+            "stream": stream["id"], "viewer": viewer_token, "viewer_id": viewer["id"],
+            "grant_id": grant_id}
+
+
+async def send_gift(api: ApiClient, token: str, room: str, gift: str = "rose",
+                    quantity: int = 1) -> dict[str, Any]:
+    response, body = await api.request("POST", "/api/v1/gifts", token=token, json={
+        "gift_id": str(uuid.uuid4()), "stream_id": room, "gift": gift, "quantity": quantity})
+    assert response.status == 201, body
+    return body

@@ -1,36 +1,12 @@
 """Gifts end to end: HTTP and websocket, the ledger, and the room."""
 
 import asyncio
-import datetime as dt
 import uuid
 
 import pytest
 
 from gateway.client import HubError
-from livecore.accounts import Role
-from livecore.streams import StreamEvent
-
-
-@pytest.fixture
-async def economy(node, services):
-    """An admin, a live stream, and a viewer with 100 granted coins."""
-    api = node.api
-    admin, admin_token = await api.new_user()
-    await services.accounts.set_roles(admin["id"], {Role.ADMIN}, actor_id=None, reason="t",
-                                      now=dt.datetime.now(dt.UTC))
-    creator, creator_token = await api.new_creator()
-    _, stream = await api.request("POST", "/api/v1/streams", token=creator_token,
-                                  json={"title": "Gifts"})
-    await services.streams.transition(stream["id"], StreamEvent.START, dt.datetime.now(dt.UTC))
-    viewer, viewer_token = await api.new_user()
-    grant_id = str(uuid.uuid4())
-    response, body = await api.request("POST", "/api/v1/admin/grants", token=admin_token,
-                                       json={"grant_id": grant_id, "user_id": viewer["id"],
-                                             "coins": 100, "memo": "welcome"})
-    assert response.status == 201 and body["replayed"] is False
-    return {"admin": admin_token, "creator": creator_token, "creator_id": creator["id"],
-            "stream": stream["id"], "viewer": viewer_token, "viewer_id": viewer["id"],
-            "grant_id": grant_id}
+from tests.hub.conftest import send_gift as _send
 
 
 async def test_grants_are_admin_only_and_idempotent(node, economy):
@@ -139,13 +115,6 @@ async def test_gift_over_the_websocket(node, economy):
             await sender.request({"type": "gift", "room": room, "gift_id": str(uuid.uuid4()),
                                   "gift": "castle"})
         assert caught.value.code == "insufficient_coins"
-
-
-async def _send(api, token, room, gift="rose", quantity=1):
-    response, body = await api.request("POST", "/api/v1/gifts", token=token, json={
-        "gift_id": str(uuid.uuid4()), "stream_id": room, "gift": gift, "quantity": quantity})
-    assert response.status == 201, body
-    return body
 
 
 async def test_projection_counts_each_gift_once_and_rebuilds_after_loss(node, economy,

@@ -1,0 +1,270 @@
+"""Finance: the journal, balances, per-stream statements, reconciliation, CSV export.
+
+Read-only, for the ``finance`` and ``admin`` roles. The CSV export streams rows from a
+server-side cursor, so a million rows never sit in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api import Call, QueryParam, Route, iso_time
+from gateway.http import json_response
+from ledger.audit import verify_postgres, verify_projection
+from livecore.accounts import Permission
+from livecore.errors import BadRequest
+from livecore.ids import StreamId, parse_stream_id
+from livecore.pagination import parse_limit
+from livecore.schemas import UUID, Schema
+
+CSV_BATCH_ROWS = 1000
+_KINDS = ("wallet", "earnings", "platform", "promotions")
+
+_JOURNAL_SELECT = """
+    SELECT e.id, e.transfer_id, t.kind AS transfer_kind, t.created_at, t.memo,
+           a.kind AS account_kind, a.owner_id, e.amount, e.gift_id,
+           g.stream_id, g.creator_id, g.sender_id, g.gift_slug
+    FROM ledger_entries e
+    JOIN ledger_transfers t ON t.id = e.transfer_id
+    JOIN ledger_accounts a ON a.id = e.account_id
+    LEFT JOIN gifts g ON g.id = e.gift_id
+    WHERE ($1::text IS NULL OR a.kind = $1)
+      AND ($2::uuid IS NULL OR a.owner_id = $2)
+      AND ($3::uuid IS NULL OR e.transfer_id IN (SELECT transfer_id FROM gifts
+                                                 WHERE stream_id = $3))
+      AND ($4::uuid IS NULL OR e.transfer_id IN (SELECT transfer_id FROM gifts
+                                                 WHERE creator_id = $4))
+      AND ($5::timestamptz IS NULL OR t.created_at >= $5)
+      AND ($6::timestamptz IS NULL OR t.created_at < $6)
+      AND ($7::bigint IS NULL OR e.id < $7)
+    ORDER BY e.id DESC
+"""
+_COLUMNS = ("entry_id", "transfer_id", "transfer_kind", "created_at", "account_kind",
+            "owner_id", "amount", "gift_id", "stream_id", "creator_id", "sender_id", "gift",
+            "memo")
+
+ENTRY: Schema = {
+    "type": "object",
+    "properties": {
+        "entry_id": {"type": "integer"}, "transfer_id": UUID,
+        "transfer_kind": {"enum": ["gift_batch", "grant"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "account_kind": {"enum": list(_KINDS)},
+        "owner_id": {"type": ["string", "null"]}, "amount": {"type": "integer"},
+        "gift_id": {"type": ["string", "null"]}, "stream_id": {"type": ["string", "null"]},
+        "creator_id": {"type": ["string", "null"]}, "sender_id": {"type": ["string", "null"]},
+        "gift": {"type": ["string", "null"]}, "memo": {"type": "string"},
+    },
+    "required": list(_COLUMNS),
+}
+JOURNAL: Schema = {
+    "type": "object",
+    "properties": {"entries": {"type": "array", "items": ENTRY},
+                   "next_cursor": {"type": ["string", "null"]}},
+    "required": ["entries", "next_cursor"],
+}
+STATEMENT: Schema = {
+    "type": "object",
+    "properties": {
+        "stream_id": UUID, "creator_id": UUID, "title": {"type": "string"},
+        "gifts": {"type": "integer"}, "senders": {"type": "integer"},
+        "gross_coins": {"type": "integer"}, "creator_share": {"type": "integer"},
+        "platform_cut": {"type": "integer"},
+        "first_gift_at": {"type": ["string", "null"]}, "last_gift_at": {"type": ["string", "null"]},
+        "per_minute": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["stream_id", "gifts", "gross_coins", "creator_share", "platform_cut"],
+}
+BALANCES: Schema = {
+    "type": "object",
+    "properties": {"accounts": {"type": "array", "items": {"type": "object"}},
+                   "totals": {"type": "object"}, "next_cursor": {"type": ["string", "null"]}},
+    "required": ["accounts", "totals", "next_cursor"],
+}
+RECONCILIATION: Schema = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "checks": {"type": "array"}},
+    "required": ["ok", "checks"],
+}
+
+
+def _optional_uuid(query: Any, name: str) -> uuid.UUID | None:
+    raw = query.get(name)
+    if not raw:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a UUID.", code="invalid_filter") from None
+
+
+def _optional_time(query: Any, name: str) -> dt.datetime | None:
+    raw = query.get(name)
+    if not raw:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 time.", code="invalid_filter") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _filters(call: Call) -> list[Any]:
+    query = call.request.query
+    kind = query.get("account_kind") or None
+    if kind is not None and kind not in _KINDS:
+        raise BadRequest(f"account_kind is one of {', '.join(_KINDS)}.", code="invalid_filter")
+    return [kind, _optional_uuid(query, "owner_id"), _optional_uuid(query, "stream_id"),
+            _optional_uuid(query, "creator_id"), _optional_time(query, "since"),
+            _optional_time(query, "until")]
+
+
+def _entry(row: Any) -> dict[str, Any]:
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return {"entry_id": row["id"], "transfer_id": str(row["transfer_id"]),
+            "transfer_kind": row["transfer_kind"], "created_at": iso_time(row["created_at"]),
+            "account_kind": row["account_kind"], "owner_id": text(row["owner_id"]),
+            "amount": row["amount"], "gift_id": text(row["gift_id"]),
+            "stream_id": text(row["stream_id"]), "creator_id": text(row["creator_id"]),
+            "sender_id": text(row["sender_id"]), "gift": row["gift_slug"], "memo": row["memo"]}
+
+
+async def journal(call: Call) -> web.StreamResponse:
+    limit = parse_limit(call.request.query.get("limit"))
+    cursor = call.request.query.get("cursor")
+    before = None
+    if cursor:
+        if not cursor.isdigit():
+            raise BadRequest("The cursor is not one this server gave out.",
+                             code="invalid_cursor")
+        before = int(cursor)
+    rows = await call.services.pool.fetch(_JOURNAL_SELECT + " LIMIT $8",
+                                          *_filters(call), before, limit)
+    entries = [_entry(r) for r in rows]
+    next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
+    return json_response({"entries": entries, "next_cursor": next_cursor})
+
+
+async def journal_csv(call: Call) -> web.StreamResponse:
+    """The filtered journal as CSV, streamed from a server-side cursor."""
+    filters = _filters(call)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": 'attachment; filename="livecore-journal.csv"',
+        "Cache-Control": "no-store",
+    })
+    response.enable_chunked_encoding()
+    await response.prepare(call.request)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(_COLUMNS)
+    async with call.services.pool.acquire() as conn, conn.transaction():
+        count = 0
+        async for row in conn.cursor(_JOURNAL_SELECT, *filters, None,
+                                     prefetch=CSV_BATCH_ROWS):
+            entry = _entry(row)
+            writer.writerow([entry[c] if entry[c] is not None else "" for c in _COLUMNS])
+            count += 1
+            if count % CSV_BATCH_ROWS == 0:
+                await response.write(buffer.getvalue().encode())
+                buffer.seek(0)
+                buffer.truncate()
+    await response.write(buffer.getvalue().encode())
+    await response.write_eof()
+    return response
+
+
+async def balances(call: Call) -> web.StreamResponse:
+    query = call.request.query
+    kind = query.get("account_kind") or None
+    if kind is not None and kind not in _KINDS:
+        raise BadRequest(f"account_kind is one of {', '.join(_KINDS)}.", code="invalid_filter")
+    limit = parse_limit(query.get("limit"))
+    cursor = query.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise BadRequest("The cursor is not one this server gave out.", code="invalid_cursor")
+    rows = await call.services.pool.fetch(
+        "SELECT a.id, a.kind, a.owner_id, u.username, a.balance FROM ledger_accounts a"
+        " LEFT JOIN users u ON u.id = a.owner_id"
+        " WHERE ($1::text IS NULL OR a.kind = $1) AND ($2::bigint IS NULL OR a.id > $2)"
+        " ORDER BY a.id LIMIT $3", kind, int(cursor) if cursor else None, limit)
+    totals = await call.services.pool.fetch(
+        "SELECT kind, sum(balance) AS total FROM ledger_accounts GROUP BY kind")
+    return json_response({
+        "accounts": [{"account_id": r["id"], "kind": r["kind"],
+                      "owner_id": None if r["owner_id"] is None else str(r["owner_id"]),
+                      "username": r["username"], "balance": r["balance"]} for r in rows],
+        "totals": {r["kind"]: int(r["total"]) for r in totals},
+        "next_cursor": str(rows[-1]["id"]) if len(rows) == limit else None,
+    })
+
+
+async def statement(call: Call) -> web.StreamResponse:
+    stream = await call.services.streams.get(
+        StreamId(parse_stream_id(call.request.match_info["stream_id"])))
+    row = await call.services.pool.fetchrow(
+        "SELECT count(*) AS gifts, count(DISTINCT sender_id) AS senders,"
+        " coalesce(sum(price), 0) AS gross, coalesce(sum(creator_share), 0) AS share,"
+        " coalesce(sum(platform_cut), 0) AS cut, min(created_at) AS first,"
+        " max(created_at) AS last FROM gifts WHERE stream_id = $1", stream.id)
+    minutes = await call.services.pool.fetch(
+        "SELECT date_trunc('minute', created_at) AS minute, sum(price) AS coins, count(*) AS n"
+        " FROM gifts WHERE stream_id = $1 GROUP BY 1 ORDER BY 1", stream.id)
+    return json_response({
+        "stream_id": str(stream.id), "creator_id": str(stream.creator_id),
+        "title": stream.title, "gifts": row["gifts"], "senders": row["senders"],
+        "gross_coins": int(row["gross"]), "creator_share": int(row["share"]),
+        "platform_cut": int(row["cut"]), "first_gift_at": iso_time(row["first"]),
+        "last_gift_at": iso_time(row["last"]),
+        "per_minute": [{"minute": iso_time(m["minute"]), "coins": int(m["coins"]),
+                        "gifts": m["n"]} for m in minutes],
+    })
+
+
+async def reconciliation(call: Call) -> web.StreamResponse:
+    results = await verify_postgres(call.services.pool)
+    results.append(await verify_projection(call.services.pool, call.services.gifts.projection))
+    return json_response({
+        "ok": all(r.ok for r in results),
+        "checks": [{"name": r.name, "description": r.description, "ok": r.ok,
+                    "failures": r.failures, "examples": r.examples} for r in results],
+    })
+
+
+_FILTERS = (
+    QueryParam("account_kind", "wallet, earnings, platform or promotions."),
+    QueryParam("owner_id", "Entries of this user's accounts.", UUID),
+    QueryParam("stream_id", "Entries of the gift batches that hold this stream's gifts.", UUID),
+    QueryParam("creator_id", "Entries of the gift batches that hold this creator's gifts.", UUID),
+    QueryParam("since", "From this time (ISO 8601), inclusive."),
+    QueryParam("until", "Until this time (ISO 8601), exclusive."),
+)
+_PAGE = (QueryParam("limit", "1 to 200 (default 50).", {"type": "integer"}),
+         QueryParam("cursor", "The previous page's next_cursor."))
+
+FINANCE_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/api/v1/finance/journal", journal, "Ledger entries, newest first, filtered.",
+          Permission.FINANCE_READ, "finance", response=JOURNAL, query=_FILTERS + _PAGE,
+          errors=(400, 403)),
+    Route("GET", "/api/v1/finance/journal.csv", journal_csv,
+          "The filtered journal as CSV (streamed).", Permission.FINANCE_READ, "finance",
+          response={"type": "string"}, query=_FILTERS, errors=(400, 403)),
+    Route("GET", "/api/v1/finance/balances", balances, "Account balances and totals by kind.",
+          Permission.FINANCE_READ, "finance", response=BALANCES,
+          query=(QueryParam("account_kind", "wallet, earnings, platform or promotions."),
+                 *_PAGE), errors=(400, 403)),
+    Route("GET", "/api/v1/finance/streams/{stream_id}/statement", statement,
+          "A stream's settlement: gross coins, creator share, platform cut, per minute.",
+          Permission.FINANCE_READ, "finance", response=STATEMENT, errors=(403, 404)),
+    Route("GET", "/api/v1/finance/reconciliation", reconciliation,
+          "Every ledger invariant, and Redis against PostgreSQL for live streams.",
+          Permission.FINANCE_READ, "finance", response=RECONCILIATION, errors=(403,)),
+)
