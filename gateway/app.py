@@ -117,6 +117,11 @@ def create_app(services: Services) -> web.Application:
         return web.FileResponse(pages / "watch.html", headers={"Cache-Control": "no-cache"})
 
     app.router.add_get("/watch/{stream_id}", watch)
+
+    async def finance(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(pages / "finance.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/finance", finance)
     app.router.add_static("/static/", pages, append_version=False)
     return app
 

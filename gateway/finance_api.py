@@ -2,6 +2,12 @@
 
 Read-only, for the ``finance`` and ``admin`` roles. The CSV export streams rows from a
 server-side cursor, so a million rows never sit in memory.
+
+Filters and batches: a gift batch credits each creator and the platform once for all its
+gifts, which may span many streams. So the ``stream_id`` filter yields the senders' debits for
+that stream's gifts (each names its gift), and ``creator_id`` those debits plus the credits to
+the creator's earnings account; a stream's settlement (share and cut) is the statement
+endpoint's job.
 """
 
 from __future__ import annotations
@@ -36,10 +42,9 @@ _JOURNAL_SELECT = """
     LEFT JOIN gifts g ON g.id = e.gift_id
     WHERE ($1::text IS NULL OR a.kind = $1)
       AND ($2::uuid IS NULL OR a.owner_id = $2)
-      AND ($3::uuid IS NULL OR e.transfer_id IN (SELECT transfer_id FROM gifts
-                                                 WHERE stream_id = $3))
-      AND ($4::uuid IS NULL OR e.transfer_id IN (SELECT transfer_id FROM gifts
-                                                 WHERE creator_id = $4))
+      AND ($3::uuid IS NULL OR g.stream_id = $3)
+      AND ($4::uuid IS NULL OR g.creator_id = $4
+           OR (a.kind = 'earnings' AND a.owner_id = $4))
       AND ($5::timestamptz IS NULL OR t.created_at >= $5)
       AND ($6::timestamptz IS NULL OR t.created_at < $6)
       AND ($7::bigint IS NULL OR e.id < $7)
@@ -153,6 +158,15 @@ async def journal(call: Call) -> web.StreamResponse:
     return json_response({"entries": entries, "next_cursor": next_cursor})
 
 
+def _csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula is quoted (OWASP "CSV injection")."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 async def journal_csv(call: Call) -> web.StreamResponse:
     """The filtered journal as CSV, streamed from a server-side cursor."""
     filters = _filters(call)
@@ -171,7 +185,7 @@ async def journal_csv(call: Call) -> web.StreamResponse:
         async for row in conn.cursor(_JOURNAL_SELECT, *filters, None,
                                      prefetch=CSV_BATCH_ROWS):
             entry = _entry(row)
-            writer.writerow([entry[c] if entry[c] is not None else "" for c in _COLUMNS])
+            writer.writerow([_csv_cell(entry[c]) for c in _COLUMNS])
             count += 1
             if count % CSV_BATCH_ROWS == 0:
                 await response.write(buffer.getvalue().encode())
@@ -197,7 +211,8 @@ async def balances(call: Call) -> web.StreamResponse:
         " WHERE ($1::text IS NULL OR a.kind = $1) AND ($2::bigint IS NULL OR a.id > $2)"
         " ORDER BY a.id LIMIT $3", kind, int(cursor) if cursor else None, limit)
     totals = await call.services.pool.fetch(
-        "SELECT kind, sum(balance) AS total FROM ledger_accounts GROUP BY kind")
+        "SELECT kind, sum(balance) AS total FROM ledger_accounts"
+        " WHERE $1::text IS NULL OR kind = $1 GROUP BY kind", kind)
     return json_response({
         "accounts": [{"account_id": r["id"], "kind": r["kind"],
                       "owner_id": None if r["owner_id"] is None else str(r["owner_id"]),

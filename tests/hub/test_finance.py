@@ -32,10 +32,15 @@ async def test_finance_sees_the_journal_statement_and_balances(node, economy, se
     response, page = await api.request(
         "GET", f"/api/v1/finance/journal?stream_id={room}&limit=200", token=token)
     assert response.status == 200
-    amounts = [e["amount"] for e in page["entries"]]
-    assert sum(amounts) == 0  # whole transfers: every gift batch balances
-    debits = [e for e in page["entries"] if e["gift_id"]]
-    assert sorted(-e["amount"] for e in debits) == [3, 10, 10]
+    # The stream filter yields the senders' debits for the stream's gifts.
+    assert all(e["gift_id"] and e["stream_id"] == room for e in page["entries"])
+    assert sorted(-e["amount"] for e in page["entries"]) == [3, 10, 10]
+    response, page_c = await api.request(
+        "GET", f"/api/v1/finance/journal?creator_id={economy['creator_id']}&limit=200",
+        token=token)
+    credits = [e for e in page_c["entries"] if e["amount"] > 0]
+    assert credits and all(e["account_kind"] == "earnings" for e in credits)
+    assert sum(e["amount"] for e in credits) == statement["creator_share"]
 
     response = await api.client.get(f"/api/v1/finance/journal.csv?stream_id={room}",
                                     headers={"Authorization": f"Bearer {token}"})
@@ -44,9 +49,13 @@ async def test_finance_sees_the_journal_statement_and_balances(node, economy, se
     assert sorted(int(r["entry_id"]) for r in rows) == sorted(e["entry_id"]
                                                               for e in page["entries"])
 
-    response, balances = await api.request(
+    response, wallets = await api.request(
         "GET", "/api/v1/finance/balances?account_kind=wallet&limit=200", token=token)
-    assert response.status == 200 and balances["totals"]["promotions"] < 0
+    assert response.status == 200 and set(wallets["totals"]) == {"wallet"}
+    assert {a["kind"] for a in wallets["accounts"]} == {"wallet"}
+    response, balances = await api.request("GET", "/api/v1/finance/balances", token=token)
+    assert balances["totals"]["promotions"] < 0
+    assert sum(balances["totals"].values()) == 0  # every coin came from somewhere
     response, report = await api.request("GET", "/api/v1/finance/reconciliation", token=token)
     assert response.status == 200 and report["ok"] is True, report
 
