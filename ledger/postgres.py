@@ -22,6 +22,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A pooled connection whose server vanished mid-operation can be left in a state asyncpg
+    # reports this way; the pool replaces it on the next acquire.
+    asyncpg.exceptions.InternalClientError,
 )
 
 CONNECT_TIMEOUT_S = 10.0
