@@ -16,6 +16,7 @@ the Redis key prefix ``lctest:<random>:`` (deleted at the end), so runs never co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -143,6 +144,55 @@ async def api(services: Services) -> AsyncIterator[ApiClient]:
     """An HTTP client talking to a real server on a real socket."""
     async with ApiClient.serving(create_app(services)) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def _own_database(backend: Backend, *, migrated: bool) -> AsyncIterator[str]:
+    name = f"livecore_own_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(backend.admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(backend.admin_url, name)
+    try:
+        if migrated:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_database(backend: Backend) -> AsyncIterator[str]:
+    """A database of the test's own, with no schema (dropped afterwards)."""
+    async with _own_database(backend, migrated=False) as url:
+        yield url
+
+
+@pytest.fixture
+async def fresh_database(backend: Backend) -> AsyncIterator[str]:
+    """A migrated database of the test's own, for tests that damage or count everything."""
+    async with _own_database(backend, migrated=True) as url:
+        yield url
+
+
+@pytest.fixture
+async def own_servers(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedServers, str, str]]:
+    """PostgreSQL and Redis that only this test uses, so it may stop and start them."""
+    servers = EmbeddedServers(tmp_path / "data")
+    database_url, redis_url = servers.start()
+    try:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield servers, database_url, redis_url
+    finally:
+        servers.stop()
 
 
 @pytest.fixture

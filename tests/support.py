@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator, FormatChecker
 
 PASSWORD = "correct horse battery"
+
+#: Flags for Debian's Chromium driven headless by Playwright (see ../shared/FACTS.md).
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """Debian's Chromium; a missing browser fails the test (it is never skipped)."""
+    path = shutil.which("chromium")
+    assert path, "Chromium is not installed: run ./scripts/system-deps (make test does)"
+    return path
 
 
 def assert_matches(schema: dict[str, Any], body: Any) -> None:

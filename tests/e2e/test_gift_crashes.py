@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-import secrets
 import signal
 import uuid
 
@@ -20,31 +19,16 @@ import redis.asyncio as aioredis
 
 from ledger.audit import verify_postgres
 from ledger.batcher import GiftBatcher, GiftOrder, grant
-from ledger.migrate import migrate
 from ledger.projection import RedisProjection
 from livecore.economy import split
 from tests.processes import BIN, Background, environment, free_port
-from tests.support import PASSWORD, database_url_for
+from tests.support import PASSWORD
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 12
 GIFTS_EACH = 25
 KILLS = 3
-
-
-@pytest.fixture
-async def crash_db(backend):
-    name = f"livecore_crash_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(backend.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(backend.admin_url, name)
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    await conn.close()
-    yield url
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def _setup(base: str, pool) -> tuple[str, list[tuple[str, str]]]:
@@ -74,13 +58,13 @@ async def _setup(base: str, pool) -> tuple[str, list[tuple[str, str]]]:
     return stream, viewers
 
 
-async def test_kill_9_under_gift_load_loses_and_doubles_nothing(crash_db, backend):
+async def test_kill_9_under_gift_load_loses_and_doubles_nothing(fresh_database, backend):
     prefix = f"{backend.redis_prefix}crash:"
     port = free_port()
-    env = environment(DATABASE_URL=crash_db, REDIS_URL=backend.redis_url,
+    env = environment(DATABASE_URL=fresh_database, REDIS_URL=backend.redis_url,
                       LIVECORE_REDIS_PREFIX=prefix, PORT=str(port))
     base = f"http://127.0.0.1:{port}"
-    pool = await asyncpg.create_pool(crash_db, min_size=1, max_size=3)
+    pool = await asyncpg.create_pool(fresh_database, min_size=1, max_size=3)
     acked: set[str] = set()
     interrupted = 0  # requests that died with the server: the crashes hit gifts in flight
     server = Background([str(BIN / "livecore"), "serve"], env)

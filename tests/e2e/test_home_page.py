@@ -1,28 +1,15 @@
 """The home page in a real Chromium (Debian's, driven by Playwright)."""
 
 import datetime as dt
-import shutil
 
 import pytest
 from playwright.async_api import async_playwright
 
 from gateway.app import create_app
 from livecore.streams import StreamEvent
-from tests.support import ApiClient
+from tests.support import CHROMIUM_ARGS, ApiClient, chromium_path
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium")
-    assert path, "Chromium is not installed: run ./scripts/system-deps (make test does)"
-    return path
-
 
 async def test_home_page_lists_live_streams_safely(services):
     async with ApiClient.serving(create_app(services)) as api:

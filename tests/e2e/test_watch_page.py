@@ -12,8 +12,7 @@ from playwright.async_api import Dialog, Page, WebSocket, async_playwright, expe
 from gateway.app import create_app
 from gateway.client import HubClient
 from livecore.chat import MAX_CHAT_CHARS
-from tests.e2e.test_home_page import CHROMIUM_ARGS, chromium_path
-from tests.support import PASSWORD, ApiClient
+from tests.support import CHROMIUM_ARGS, PASSWORD, ApiClient, chromium_path
 
 pytestmark = pytest.mark.e2e
 

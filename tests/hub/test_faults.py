@@ -7,24 +7,10 @@ import pytest
 
 from gateway.app import create_app
 from gateway.client import HubError
-from gateway.embedded import EmbeddedServers
 from gateway.services import Services
-from ledger.migrate import migrate
-from ledger.postgres import connect
 from livecore.settings import Settings
 from tests.hub.conftest import Node
 from tests.support import ApiClient
-
-
-@pytest.fixture
-async def own_servers(tmp_path):
-    servers = EmbeddedServers(tmp_path / "data")
-    database_url, redis_url = servers.start()
-    conn = await connect(database_url)
-    await migrate(conn)
-    await conn.close()
-    yield servers, database_url, redis_url
-    servers.stop()
 
 
 async def test_chat_survives_a_redis_restart(own_servers):

@@ -6,30 +6,17 @@ import asyncio
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from tests.hub.conftest import Node, send_gift
-from tests.support import PASSWORD
+from tests.support import CHROMIUM_ARGS, PASSWORD, chromium_path
 
 pytestmark = pytest.mark.e2e
 
 WAIT_MS = 20_000
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium")
-    assert path, "Chromium is not installed: run ./scripts/system-deps (make test does)"
-    return path
-
-
 async def logged_in_context(browser: Browser, token: str | None) -> BrowserContext:
     context = await browser.new_context(accept_downloads=True,
                                         viewport={"width": 1280, "height": 900})

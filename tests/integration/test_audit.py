@@ -1,32 +1,14 @@
 """`livecore audit verify` over a database of its own, healthy and then damaged."""
 
 import datetime as dt
-import secrets
 import uuid
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from ledger.batcher import GiftBatcher, GiftOrder, grant
-from ledger.migrate import migrate
 from ledger.projection import RedisProjection
 from tests.processes import environment, run
-from tests.support import database_url_for
-
-
-@pytest.fixture
-async def ledger_db(backend):
-    name = f"livecore_audit_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(backend.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(backend.admin_url, name)
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    await conn.close()
-    yield url
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def _fill(url, redis_url, prefix):
@@ -59,10 +41,10 @@ async def _fill(url, redis_url, prefix):
     return pool, stream
 
 
-async def test_audit_verify_passes_then_catches_damage(ledger_db, backend):
+async def test_audit_verify_passes_then_catches_damage(fresh_database, backend):
     prefix = f"{backend.redis_prefix}audit:"
-    pool, stream = await _fill(ledger_db, backend.redis_url, prefix)
-    env = environment(DATABASE_URL=ledger_db, REDIS_URL=backend.redis_url,
+    pool, stream = await _fill(fresh_database, backend.redis_url, prefix)
+    env = environment(DATABASE_URL=fresh_database, REDIS_URL=backend.redis_url,
                       LIVECORE_REDIS_PREFIX=prefix)
     try:
         done = run(["audit", "verify"], env)

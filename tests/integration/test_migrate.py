@@ -8,17 +8,6 @@ import pytest
 
 from ledger import migrate as migrations
 from ledger.migrate import Migration, MigrationError, load_migrations, migrate
-from tests.support import database_url_for
-
-
-@pytest.fixture
-async def empty_database(backend):
-    name = f"livecore_migrate_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(backend.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(backend.admin_url, name)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 def test_migration_files_are_numbered_in_order():

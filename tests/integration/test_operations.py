@@ -6,14 +6,10 @@ redis-server in a temporary directory), never the machine's shared services.
 
 import datetime as dt
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.embedded import EmbeddedServers
 from gateway.services import Services
-from ledger.migrate import migrate
-from ledger.postgres import connect
 from livecore import schemas
 from livecore.settings import Settings
 from livecore.streams import StreamEvent
@@ -48,18 +44,6 @@ async def test_metrics_in_prometheus_text_format(api, services):
     live = families["livecore_live_streams"].samples[0].value
     assert live >= 1
     assert families["livecore_db_pool_connections"].samples[0].value >= 1
-
-
-@pytest.fixture
-async def own_servers(tmp_path):
-    """PostgreSQL and Redis that only this test uses, so it may stop them."""
-    servers = EmbeddedServers(tmp_path / "data")
-    database_url, redis_url = servers.start()
-    conn = await connect(database_url)
-    await migrate(conn)
-    await conn.close()
-    yield servers, database_url, redis_url
-    servers.stop()
 
 
 async def test_dependencies_going_away_answer_503_and_recover(own_servers):
