@@ -106,6 +106,7 @@ IDLE_ROOM_S = 30.0
 NODE_TTL_S = 10
 MAX_JOINS_SAMPLED = 5
 SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
+SNAPSHOT_SCAN_EVENTS = RECENT_CHAT_IN_SNAPSHOT * 4
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -592,7 +593,9 @@ class Hub:
         return result, []
 
     async def _snapshot(self, room: LocalRoom, upto: int) -> dict[str, Any]:
-        recent = await self.bus.recent(room.id, limit=HISTORY_EVENTS)
+        # The newest events only: enough to find the last chats and their removals without
+        # reading (and decoding) the whole history on every join.
+        recent = await self.bus.recent(room.id, limit=SNAPSHOT_SCAN_EVENTS)
         chats: list[dict[str, Any]] = []
         removed: set[str] = set()
         for raw in recent:

@@ -19,6 +19,7 @@ from livecore.errors import ServiceUnavailable
 from livecore.settings import Settings
 
 REDIS_TIMEOUT_S = 5.0
+REDIS_POOL_MAX = 200
 
 
 def utc_now() -> dt.datetime:
@@ -26,12 +27,17 @@ def utc_now() -> dt.datetime:
 
 
 async def connect_redis(url: str) -> aioredis.Redis:
-    client: aioredis.Redis = aioredis.from_url(
+    # A blocking pool: a burst of requests (thousands of viewers joining at once) waits for
+    # a connection instead of failing with "too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_POOL_MAX,
+        timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         socket_timeout=REDIS_TIMEOUT_S,
         health_check_interval=30,
     )
+    client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes the pool with it
     try:
         await client.ping()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:

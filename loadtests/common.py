@@ -1,4 +1,5 @@
-"""Shared pieces of the load generators: percentiles, a progress bar, server CPU readings."""
+"""Shared pieces of the load generators: percentiles, a progress bar, server CPU readings,
+and the side-by-side table every benchmark prints (subject, baseline, ratio)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,23 +49,43 @@ class Figures:
         return self.server_cpu_s / self.count * 1e6 if self.count else 0.0
 
 
-def report(title: str, subject: Figures, baseline: Figures) -> None:
-    """Both runs side by side, and the subject as a ratio of the baseline."""
+@dataclass(frozen=True)
+class Row:
+    """One line of a comparison: a figure for the subject and for the baseline (None: n/a)."""
+
+    label: str
+    subject: float | None
+    baseline: float | None
+    fmt: str = "{:,.1f}"
+    ratio: bool = True
+
+
+def comparison(title: str, subject_name: str, baseline_name: str, rows: Sequence[Row]) -> None:
+    """Print both runs side by side, and the subject as a ratio of the baseline."""
     table = Table(title=title)
     table.add_column("figure")
-    table.add_column(subject.name, justify="right")
-    table.add_column(baseline.name, justify="right")
+    table.add_column(subject_name, justify="right")
+    table.add_column(baseline_name, justify="right")
     table.add_column("ratio", justify="right")
-
-    def row(label: str, a: float, b: float, fmt: str = "{:,.1f}") -> None:
-        table.add_row(label, fmt.format(a), fmt.format(b), f"{a / b:.2f}" if b else "-")
-
-    row("requests/s", subject.per_second, baseline.per_second)
-    for fraction, label in ((0.5, "p50 ms"), (0.95, "p95 ms"), (0.99, "p99 ms")):
-        row(label, subject.latency_ms(fraction), baseline.latency_ms(fraction), "{:.2f}")
-    row("server CPU µs/request", subject.cpu_us_per_op, baseline.cpu_us_per_op)
-    table.add_row("errors", str(subject.errors), str(baseline.errors), "")
+    for r in rows:
+        a = "-" if r.subject is None else r.fmt.format(r.subject)
+        b = "-" if r.baseline is None else r.fmt.format(r.baseline)
+        ratio = ""
+        if r.ratio and r.subject is not None and r.baseline:
+            ratio = f"{r.subject / r.baseline:.2f}"
+        table.add_row(r.label, a, b, ratio)
     console.print(table)
+
+
+def report(title: str, subject: Figures, baseline: Figures) -> None:
+    """Both runs side by side, and the subject as a ratio of the baseline."""
+    rows = [Row("requests/s", subject.per_second, baseline.per_second)]
+    for fraction, label in ((0.5, "p50 ms"), (0.95, "p95 ms"), (0.99, "p99 ms")):
+        rows.append(Row(label, subject.latency_ms(fraction), baseline.latency_ms(fraction),
+                        "{:.2f}"))
+    rows.append(Row("server CPU µs/request", subject.cpu_us_per_op, baseline.cpu_us_per_op))
+    rows.append(Row("errors", subject.errors, baseline.errors, "{:,.0f}", ratio=False))
+    comparison(title, subject.name, baseline.name, rows)
 
 
 def progress() -> Progress:
@@ -88,25 +110,38 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def server_process(args: list[str], *, env: dict[str, str], port: int,
-                   ready_path: str = "/healthz") -> Iterator[int]:
-    """Start a server process, wait until ``ready_path`` answers, yield its pid, stop it."""
+                   ready_path: str = "/healthz", log_path: str | None = None) -> Iterator[int]:
+    """Start a server process, wait until ``ready_path`` answers, yield its pid, stop it.
+
+    Its stderr goes to a file (``log_path``, or a temporary one), never to a pipe: a pipe
+    nobody reads fills up and then blocks a server that logs a lot.
+    """
     import urllib.request
 
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log = stack.enter_context(tempfile.TemporaryFile())
+        else:
+            log = stack.enter_context(open(log_path, "w+b"))
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}",
+                                                timeout=1):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        err = log.read().decode(errors="replace")
+                        sys.exit(f"server {args} did not start:\n{err[-2000:]}")
+                    time.sleep(0.1)
+            yield process.pid
+        finally:
+            process.terminate()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    err = process.stderr.read().decode() if process.stderr else ""
-                    sys.exit(f"server {args} did not start:\n{err[-2000:]}")
-                time.sleep(0.1)
-        yield process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
-        if process.stderr:
-            process.stderr.close()
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -180,9 +181,20 @@ async def fresh_database(backend: Backend) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def own_servers(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedServers, str, str]]:
+def server_dir() -> Iterator[Path]:
+    """A directory for embedded servers, outside pytest's own temporary tree: pytest resets
+    /tmp/pytest-of-<user> to mode 0700 whenever a session starts, and the embedded
+    PostgreSQL runs as another user (pgserver's, when we are root) that must traverse it."""
+    path = Path(tempfile.mkdtemp(prefix="livecore-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def own_servers(server_dir: Path) -> AsyncIterator[tuple[EmbeddedServers, str, str]]:
     """PostgreSQL and Redis that only this test uses, so it may stop and start them."""
-    servers = EmbeddedServers(tmp_path / "data")
+    servers = EmbeddedServers(server_dir / "data")
     database_url, redis_url = servers.start()
     try:
         conn = await asyncpg.connect(database_url)

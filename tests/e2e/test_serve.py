@@ -32,14 +32,14 @@ def _gone(pid: int, timeout: float = 10) -> bool:
     return False
 
 
-async def test_zero_configuration_serve_register_stream_stop_and_restart(tmp_path):
-    data = tmp_path / "data"
+async def test_zero_configuration_serve_register_stream_stop_and_restart(server_dir):
+    data = server_dir / "data"
     port = free_port()
     env = environment(LIVECORE_DATA_DIR=str(data), PORT=str(port))
     base = f"http://127.0.0.1:{port}"
     name = unique_name("e2e")
 
-    with Background([str(BIN / "livecore"), "serve"], env, cwd=tmp_path) as server:
+    with Background([str(BIN / "livecore"), "serve"], env, cwd=server_dir) as server:
         banner = server.wait_for("Livecore serving on", timeout=90)
         assert f"http://127.0.0.1:{port}" in banner
         server.wait_for("database: embedded PostgreSQL")
@@ -75,7 +75,7 @@ async def test_zero_configuration_serve_register_stream_stop_and_restart(tmp_pat
     assert _gone(pids["redis"]), "embedded Redis left running"
 
     # A second start reuses the data: same account, same stream.
-    with Background([str(BIN / "livecore"), "serve"], env, cwd=tmp_path) as server:
+    with Background([str(BIN / "livecore"), "serve"], env, cwd=server_dir) as server:
         server.wait_for("Livecore serving on", timeout=90)
         async with aiohttp.ClientSession(base) as http:
             async with http.post("/api/v1/auth/login",
@@ -90,15 +90,15 @@ async def test_zero_configuration_serve_register_stream_stop_and_restart(tmp_pat
     assert _gone(pids["postgres"]) and _gone(pids["redis"])
 
 
-async def test_serve_adopts_servers_left_by_a_killed_serve(tmp_path):
-    data = tmp_path / "data"
+async def test_serve_adopts_servers_left_by_a_killed_serve(server_dir):
+    data = server_dir / "data"
     env = environment(LIVECORE_DATA_DIR=str(data), PORT=str(free_port()))
-    with Background([str(BIN / "livecore"), "serve"], env, cwd=tmp_path) as server:
+    with Background([str(BIN / "livecore"), "serve"], env, cwd=server_dir) as server:
         server.wait_for("Livecore serving on", timeout=90)
         pids = _pids(data)
         server.kill()  # SIGKILL: no clean-up runs
     assert psutil.pid_exists(pids["postgres"]) and psutil.pid_exists(pids["redis"])
-    with Background([str(BIN / "livecore"), "serve"], env, cwd=tmp_path) as server:
+    with Background([str(BIN / "livecore"), "serve"], env, cwd=server_dir) as server:
         server.wait_for("Livecore serving on", timeout=90)
         assert _pids(data) == pids  # reused, not duplicated
         assert server.interrupt() == 0
