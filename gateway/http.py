@@ -131,6 +131,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise
         response = error_response(_from_http_exception(exc))
     except UNAVAILABLE_ERRORS + _REDIS_UNAVAILABLE as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away mid-request (an OSError too): nothing to answer
         log.warning(
             "dependency unavailable",
             extra={"request_id": request_id, "error": repr(exc)},
