@@ -150,8 +150,16 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
         say("Stopping: finishing requests in flight...")
     finally:
         # Stops accepting, lets handlers in flight finish (up to the timeout), closes sockets.
-        await runner.cleanup()
-        await services.close()
+        # Bounded: a shutdown must finish, so the embedded servers are stopped after it.
+        try:
+            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S + 5)
+        except TimeoutError:
+            log.warning("shutdown: the web server did not stop in time")
+        try:
+            await asyncio.wait_for(services.close(), 5)
+        except TimeoutError:
+            log.warning("shutdown: connections did not close in time; dropping them")
+            services.pool.terminate()
 
 
 async def worker(settings: Settings, database_url: str, redis_url: str) -> None:

@@ -90,7 +90,7 @@ async def test_zero_configuration_serve_register_stream_stop_and_restart(server_
     assert _gone(pids["postgres"]) and _gone(pids["redis"])
 
 
-async def test_serve_adopts_servers_left_by_a_killed_serve(server_dir):
+def test_serve_adopts_servers_left_by_a_killed_serve(server_dir):
     data = server_dir / "data"
     env = environment(LIVECORE_DATA_DIR=str(data), PORT=str(free_port()))
     with Background([str(BIN / "livecore"), "serve"], env, cwd=server_dir) as server:
