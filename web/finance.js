@@ -3,7 +3,6 @@
 // Every text from the server goes through textContent, never innerHTML.
 "use strict";
 
-const TOKEN_KEY = "livecore.token";
 const KINDS = ["wallet", "earnings", "platform", "promotions"];
 const JOURNAL_PAGE = 50;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -24,28 +23,15 @@ const journalMore = el("journal-more");
 const csvButton = el("csv-button");
 const csvLink = el("csv-link");
 
-let token = readToken();
+let token = LivecoreSession.read();
 let journalCursor = null;
 let csvUrl = null;
 
 // -- small helpers ----------------------------------------------------------------------------
 
-function readToken() {
-  try {
-    return localStorage.getItem(TOKEN_KEY);
-  } catch {
-    return null;
-  }
-}
-
 function storeToken(value) {
   token = value;
-  try {
-    if (value) localStorage.setItem(TOKEN_KEY, value);
-    else localStorage.removeItem(TOKEN_KEY);
-  } catch {
-    // Storage is disabled: the login lasts as long as the page.
-  }
+  LivecoreSession.write(value);
 }
 
 function showText(target, text) {

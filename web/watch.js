@@ -3,7 +3,6 @@
 // Every text from the server goes through textContent, never innerHTML: it is all user input.
 "use strict";
 
-const TOKEN_KEY = "livecore.token";
 const SUBPROTOCOL = "livecore.v1";
 const CLOSE_UNSUPPORTED_VERSION = 4000;
 const CLOSE_FLOODING = 4029;
@@ -38,7 +37,7 @@ const streamId = UUID_RE.test(rawId) ? rawId.toLowerCase() : null;
 
 // -- state ------------------------------------------------------------------------------------
 
-let token = readToken();
+let token = LivecoreSession.read();
 let me = null; // {id, username} once the hub has accepted our token
 let limits = {};
 let creatorId = null;
@@ -60,22 +59,9 @@ let likeTimer = null;
 
 // -- small helpers ----------------------------------------------------------------------------
 
-function readToken() {
-  try {
-    return localStorage.getItem(TOKEN_KEY);
-  } catch {
-    return null;
-  }
-}
-
 function storeToken(value) {
   token = value;
-  try {
-    if (value) localStorage.setItem(TOKEN_KEY, value);
-    else localStorage.removeItem(TOKEN_KEY);
-  } catch {
-    // Storage is disabled: the login lasts as long as the page.
-  }
+  LivecoreSession.write(value);
 }
 
 function plural(count, one, many) {
