@@ -3,7 +3,8 @@
     livecore serve                 the HTTP gateway (embedded PostgreSQL and Redis when
                                    DATABASE_URL / REDIS_URL are unset)
     livecore migrate               apply pending database migrations, then exit
-    livecore worker                background jobs (idles until the gift issue gives it work)
+    livecore worker                background jobs: the periodic reconciliation of Redis
+                                   with the ledger
     livecore user create NAME      create an account with roles (bootstrap an admin)
     livecore user roles NAME       replace an account's roles
     livecore protocol-schema       print the websocket protocol's JSON Schema document
@@ -18,10 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import getpass
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import uuid
@@ -29,18 +32,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis.exceptions
 from aiohttp import web
+from prometheus_client import start_http_server
 
 from gateway import auth
 from gateway.app import create_app
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServers
+from gateway.http import METRICS_KEY
 from gateway.logs import configure_logging
+from gateway.metrics import WorkerMetrics
 from gateway.services import Services, connect_redis, utc_now
 from gateway.store import PostgresAccounts
+from gateway.supervisor import EXTRA_FLAG, ServingProcesses, watch_parent
 from ledger import postgres
 from ledger.audit import CheckResult, verify_postgres, verify_projection
 from ledger.migrate import migrate
 from ledger.projection import RedisProjection
+from ledger.reconciler import Reconciler
 from livecore.accounts import (
     Role,
     check_password,
@@ -57,6 +66,7 @@ from livecore.wire import document as protocol_document
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 10.0
+_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 ATTACH_TIMEOUT_S = 60.0
 
 
@@ -129,32 +139,68 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve(settings: Settings, database_url: str, redis_url: str, description: str) -> None:
+async def serve(settings: Settings, database_url: str, redis_url: str, description: str, *,
+                extra_process: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM. With ``LIVECORE_PROCESSES`` > 1 this process also starts
+    and supervises the other serving processes (:mod:`gateway.supervisor`); an
+    ``extra_process`` is one of those."""
     stop = _stop_event()
-    applied = await run_migrations(database_url)
-    if applied:
-        log.info("migrations applied", extra={"migrations": applied})
+    raise_open_file_limit()
+    if not extra_process:
+        applied = await run_migrations(database_url)
+        if applied:
+            log.info("migrations applied", extra={"migrations": applied})
     services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
+    app = create_app(services)
+    app[METRICS_KEY].watch_gc()
     runner = web.AppRunner(
-        create_app(services), access_log=None, handle_signals=False,
+        app, access_log=None, handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
+    shared_port = extra_process or settings.processes > 1
+    others: ServingProcesses | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
+                           reuse_port=shared_port or None)
         await site.start()
         host, port = runner.addresses[0][:2]
+        if extra_process:
+            background.append(asyncio.create_task(watch_parent(stop)))
+        elif settings.processes > 1:
+            others = ServingProcesses(settings.processes - 1, port=port,
+                                      database_url=database_url, redis_url=redis_url)
+            others.start()
+            background.append(asyncio.create_task(others.supervise()))
+        # Everything allocated so far lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise stop the loop longer as the heap grows.
+        gc.collect()
+        gc.freeze()
         shown = f"[{host}]" if ":" in host else host
-        say(f"Livecore serving on http://{shown}:{port}\n{description}\nPress Ctrl-C to stop.")
+        if extra_process:
+            log.info("serving process started", extra={"port": port, "pid": os.getpid()})
+        else:
+            processes = (f" ({settings.processes} processes on the port)"
+                         if settings.processes > 1 else "")
+            say(f"Livecore serving on http://{shown}:{port}{processes}\n{description}\n"
+                "Press Ctrl-C to stop.")
         await stop.wait()
-        say("Stopping: finishing requests in flight...")
+        if not extra_process:
+            say("Stopping: finishing requests in flight...")
     finally:
+        for task in background:
+            task.cancel()
         # Stops accepting, lets handlers in flight finish (up to the timeout), closes sockets.
         # Bounded: a shutdown must finish, so the embedded servers are stopped after it.
-        try:
-            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S + 5)
-        except TimeoutError:
-            log.warning("shutdown: the web server did not stop in time")
+        stopping = [asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S + 5)]
+        if others is not None:
+            stopping.append(others.stop())
+        for outcome in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(outcome, TimeoutError):
+                log.warning("shutdown: the web server did not stop in time")
+            elif isinstance(outcome, BaseException):
+                log.error("shutdown failed", exc_info=outcome)
         try:
             await asyncio.wait_for(services.close(), 5)
         except TimeoutError:
@@ -162,18 +208,49 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
             services.pool.terminate()
 
 
+def raise_open_file_limit() -> int:
+    """Each websocket is a file descriptor: take the soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
+    """Background jobs: a heartbeat every LIVECORE_WORKER_INTERVAL_S and a reconciliation
+    pass (ledger/reconciler.py) every LIVECORE_RECONCILE_INTERVAL_S, one worker at a time."""
     stop = _stop_event()
     services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
+    metrics = WorkerMetrics()
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.host,
+                          registry=metrics.registry)
+    reconciler = Reconciler(services.pool, services.redis, prefix=settings.redis_prefix,
+                            interval_s=settings.reconcile_interval_s, clock=services.clock,
+                            on_report=metrics.observe_reconciliation)
     say("Livecore worker running; press Ctrl-C to stop.")
     key = settings.redis_prefix + "worker:heartbeat:" + str(os.getpid())
+    loop = asyncio.get_running_loop()
+    next_pass = loop.time()
     try:
         while not stop.is_set():
-            # Nothing to do yet: gift reconciliation and payouts arrive with later issues.
-            await services.redis.set(key, utc_now().isoformat(), ex=settings.worker_interval_s * 3)
-            log.debug("worker idle pass")
+            try:
+                await services.redis.set(key, utc_now().isoformat(),
+                                         ex=settings.worker_interval_s * 3)
+                if loop.time() >= next_pass:
+                    next_pass = loop.time() + settings.reconcile_interval_s
+                    await reconciler.run_pass()
+            except postgres.UNAVAILABLE_ERRORS + _REDIS_UNAVAILABLE as exc:
+                metrics.reconcile_failures.inc()
+                log.warning("worker pass failed: a dependency is unavailable",
+                            extra={"error": repr(exc)})
+            except Exception:
+                metrics.reconcile_failures.inc()
+                log.exception("worker pass failed")
+            wait = min(settings.worker_interval_s, max(0.0, next_pass - loop.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.worker_interval_s)
+                await asyncio.wait_for(stop.wait(), wait)
     finally:
         with contextlib.suppress(Exception):
             await services.redis.delete(key)
@@ -256,7 +333,10 @@ async def set_roles(database_url: str, args: argparse.Namespace) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP gateway")
+    serve_command = commands.add_parser("serve", help="run the HTTP gateway")
+    # Set by the first serving process on the others it starts (LIVECORE_PROCESSES).
+    serve_command.add_argument(EXTRA_FLAG, dest="extra_process", action="store_true",
+                               help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("worker", help="run background jobs")
     user = commands.add_parser("user", help="manage accounts from the shell")
@@ -297,7 +377,11 @@ def run(argv: list[str] | None, environ: dict[str, str] | Any) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        if args.command == "serve":
+        if args.command == "serve" and args.extra_process:
+            assert settings.database_url is not None and settings.redis_url is not None
+            asyncio.run(serve(settings, settings.database_url.reveal(),
+                              settings.redis_url.reveal(), "", extra_process=True))
+        elif args.command == "serve":
             with backends(settings) as (database_url, redis_url, description):
                 asyncio.run(serve(settings, database_url, redis_url, description))
             say("Stopped.")

@@ -12,9 +12,11 @@ endpoint's job.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
+import logging
 import uuid
 from typing import Any
 
@@ -23,13 +25,18 @@ from aiohttp import web
 from gateway.api import Call, QueryParam, Route, iso_time
 from gateway.http import json_response
 from ledger.audit import verify_postgres, verify_projection
+from ledger.reconciler import last_report
 from livecore.accounts import Permission
 from livecore.errors import BadRequest
 from livecore.ids import StreamId, parse_stream_id
 from livecore.pagination import parse_limit
 from livecore.schemas import UUID, Schema
 
+log = logging.getLogger(__name__)
+
 CSV_BATCH_ROWS = 1000
+#: The last line of an export that failed after it started (then the connection is cut).
+INCOMPLETE_MARKER = "# export incomplete"
 _KINDS = ("wallet", "earnings", "platform", "promotions")
 
 _JOURNAL_SELECT = """
@@ -92,10 +99,24 @@ BALANCES: Schema = {
                    "totals": {"type": "object"}, "next_cursor": {"type": ["string", "null"]}},
     "required": ["accounts", "totals", "next_cursor"],
 }
+LAST_PASS: Schema = {
+    "type": ["object", "null"],
+    "properties": {
+        "started_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": "string", "format": "date-time"},
+        "duration_ms": {"type": "integer"}, "worker": {"type": "string"},
+        "streams_checked": {"type": "integer"}, "differences_found": {"type": "integer"},
+        "differences_repaired": {"type": "integer"}, "transient": {"type": "integer"},
+        "findings": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["finished_at", "streams_checked", "differences_found",
+                 "differences_repaired", "findings"],
+}
 RECONCILIATION: Schema = {
     "type": "object",
-    "properties": {"ok": {"type": "boolean"}, "checks": {"type": "array"}},
-    "required": ["ok", "checks"],
+    "properties": {"ok": {"type": "boolean"}, "checks": {"type": "array"},
+                   "last_pass": LAST_PASS},
+    "required": ["ok", "checks", "last_pass"],
 }
 
 
@@ -168,7 +189,16 @@ def _csv_cell(value: Any) -> Any:
 
 
 async def journal_csv(call: Call) -> web.StreamResponse:
-    """The filtered journal as CSV, streamed from a server-side cursor."""
+    """The filtered journal as CSV, streamed from a server-side cursor.
+
+    A failure after the 200 and the first rows are sent (the database connection lost, say)
+    cannot change the status any more. So the export then ends with a last line
+    ``# export incomplete: ...`` (for whoever opens the saved file) and the connection is
+    closed *without* the final zero-length chunk of the chunked encoding (RFC 9112, section
+    7.1): every HTTP client reports such a body as incomplete (curl exits with status 18,
+    browsers' fetch rejects, Python clients raise), so a partial export never passes for a
+    whole one.
+    """
     filters = _filters(call)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
@@ -180,17 +210,31 @@ async def journal_csv(call: Call) -> web.StreamResponse:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(_COLUMNS)
-    async with call.services.pool.acquire() as conn, conn.transaction():
-        count = 0
-        async for row in conn.cursor(_JOURNAL_SELECT, *filters, None,
-                                     prefetch=CSV_BATCH_ROWS):
-            entry = _entry(row)
-            writer.writerow([_csv_cell(entry[c]) for c in _COLUMNS])
-            count += 1
-            if count % CSV_BATCH_ROWS == 0:
-                await response.write(buffer.getvalue().encode())
-                buffer.seek(0)
-                buffer.truncate()
+    count = 0
+    try:
+        async with call.services.pool.acquire() as conn, conn.transaction():
+            async for row in conn.cursor(_JOURNAL_SELECT, *filters, None,
+                                         prefetch=CSV_BATCH_ROWS):
+                entry = _entry(row)
+                writer.writerow([_csv_cell(entry[c]) for c in _COLUMNS])
+                count += 1
+                if count % CSV_BATCH_ROWS == 0:
+                    await response.write(buffer.getvalue().encode())
+                    buffer.seek(0)
+                    buffer.truncate()
+    except Exception as exc:
+        transport = call.request.transport
+        if transport is None or transport.is_closing():
+            raise  # the client went away: nobody to tell
+        log.error("journal export failed mid-stream", extra={"rows": count,
+                                                             "error": repr(exc)})
+        buffer.write(f"{INCOMPLETE_MARKER}: failed after {count} rows; retry the export\r\n")
+        with contextlib.suppress(ConnectionError):
+            await response.write(buffer.getvalue().encode())
+        # close() sends what is buffered, then closes: no terminating chunk is ever written
+        # (aiohttp's own write_eof then finds the transport closing and gives up).
+        transport.close()
+        return response
     await response.write(buffer.getvalue().encode())
     await response.write_eof()
     return response
@@ -247,10 +291,12 @@ async def statement(call: Call) -> web.StreamResponse:
 async def reconciliation(call: Call) -> web.StreamResponse:
     results = await verify_postgres(call.services.pool)
     results.append(await verify_projection(call.services.pool, call.services.gifts.projection))
+    last = await last_report(call.services.redis, call.services.settings.redis_prefix)
     return json_response({
         "ok": all(r.ok for r in results),
         "checks": [{"name": r.name, "description": r.description, "ok": r.ok,
                     "failures": r.failures, "examples": r.examples} for r in results],
+        "last_pass": None if last is None else last.to_json(),
     })
 
 
@@ -280,6 +326,7 @@ FINANCE_ROUTES: tuple[Route, ...] = (
           "A stream's settlement: gross coins, creator share, platform cut, per minute.",
           Permission.FINANCE_READ, "finance", response=STATEMENT, errors=(403, 404)),
     Route("GET", "/api/v1/finance/reconciliation", reconciliation,
-          "Every ledger invariant, and Redis against PostgreSQL for live streams.",
+          "Every ledger invariant, Redis against PostgreSQL for live streams, and the worker's "
+          "last reconciliation pass.",
           Permission.FINANCE_READ, "finance", response=RECONCILIATION, errors=(403,)),
 )

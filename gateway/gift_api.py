@@ -1,4 +1,5 @@
-"""HTTP endpoints of the gift economy: catalogue, sending gifts, wallets, grants."""
+"""HTTP endpoints of the gift economy: catalogue, sending gifts, wallets, grants, boards and
+live goals."""
 
 from __future__ import annotations
 
@@ -7,13 +8,22 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import Call, Route
+from gateway.api import Call, QueryParam, Route, iso_time, owned_or_moderated
 from gateway.gifts import GiftRequest, gift_json, parse_gift_id
 from gateway.http import json_response
 from ledger.batcher import grant
 from livecore.accounts import Permission
-from livecore.economy import MAX_GIFT_PRICE_COINS, MAX_GIFT_QUANTITY, GiftType
-from livecore.errors import ValidationFailed
+from livecore.economy import (
+    MAX_GIFT_PRICE_COINS,
+    MAX_GIFT_QUANTITY,
+    MAX_GOAL_COINS,
+    MAX_GOAL_TITLE_CHARS,
+    GiftType,
+    Goal,
+    iso_week,
+    week_from_label,
+)
+from livecore.errors import BadRequest, ValidationFailed
 from livecore.ids import StreamId, parse_user_id
 from livecore.schemas import UUID, Schema
 
@@ -136,6 +146,52 @@ async def stream_board(call: Call) -> web.StreamResponse:
                           "top": [{"user_id": user, "coins": coins} for user, coins in totals.top]})
 
 
+_PERIODS = ("week", "all")
+
+
+async def creator_board(call: Call) -> web.StreamResponse:
+    creator = await call.services.accounts.get(parse_user_id(call.request.match_info["user_id"]))
+    period = call.request.query.get("period", "week")
+    if period not in _PERIODS:
+        raise BadRequest("period must be week or all.", code="invalid_period")
+    week = None
+    if period == "week":
+        week = call.request.query.get("week") or iso_week(call.now)
+        try:
+            week_from_label(week)
+        except ValidationFailed:
+            raise BadRequest("week looks like 2026-W48 (ISO 8601, UTC).",
+                             code="invalid_week") from None
+    top = await call.services.gifts.projection.creator_board(creator.id, week=week, top=10)
+    return json_response({"creator_id": str(creator.id), "period": period, "week": week,
+                          "top": [{"user_id": user, "coins": coins} for user, coins in top]})
+
+
+def _goal_json(stream_id: StreamId, goal: Goal, set_at: Any) -> dict[str, Any]:
+    return {"stream_id": str(stream_id), **goal.json(), "set_at": iso_time(set_at)}
+
+
+async def get_goal(call: Call) -> web.StreamResponse:
+    stream = await call.services.streams.get(
+        StreamId(_uuid(call.request.match_info["stream_id"], "stream_id")))
+    goal, set_at = await call.services.gifts.goal(stream.id)
+    return json_response(_goal_json(stream.id, goal, set_at))
+
+
+async def put_goal(call: Call) -> web.StreamResponse:
+    stream = await owned_or_moderated(call, owner_only=True)
+    goal, set_at = await call.services.gifts.set_goal(
+        stream, target_coins=call.body["target_coins"], title=call.body.get("title", ""),
+        actor_id=call.account.id, now=call.now)
+    return json_response(_goal_json(stream.id, goal, set_at))
+
+
+async def delete_goal(call: Call) -> web.StreamResponse:
+    stream = await owned_or_moderated(call, owner_only=True)
+    await call.services.gifts.clear_goal(stream)
+    return web.Response(status=204)
+
+
 async def my_wallet(call: Call) -> web.StreamResponse:
     return json_response(await call.services.gifts.wallet(call.account.id))
 
@@ -163,6 +219,38 @@ BOARD: Schema = {
     "required": ["stream_id", "coins", "gifts", "top"],
 }
 
+CREATOR_BOARD: Schema = {
+    "type": "object",
+    "properties": {
+        "creator_id": UUID, "period": {"enum": list(_PERIODS)},
+        "week": {"type": ["string", "null"], "description": "ISO 8601 week (UTC), 2026-W48."},
+        "top": BOARD["properties"]["top"],
+    },
+    "required": ["creator_id", "period", "week", "top"],
+}
+GOAL_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "target_coins": {"type": "integer", "minimum": 1, "maximum": MAX_GOAL_COINS},
+        "title": {"type": "string", "maxLength": MAX_GOAL_TITLE_CHARS},
+    },
+    "required": ["target_coins"],
+    "additionalProperties": False,
+}
+GOAL: Schema = {
+    "type": "object",
+    "properties": {
+        "stream_id": UUID, "target_coins": {"type": "integer"},
+        "progress_coins": {"type": "integer",
+                           "description": "Coins of gifts to the stream since the goal was set."},
+        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+        "reached": {"type": "boolean"}, "title": {"type": "string"},
+        "set_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["stream_id", "target_coins", "progress_coins", "percent", "reached", "title",
+                 "set_at"],
+}
+
 GIFT_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/gifts/catalogue", get_catalogue, "The gifts on offer.", "public",
           "gifts", response=CATALOGUE),
@@ -176,6 +264,23 @@ GIFT_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/streams/{stream_id}/leaderboard", stream_board,
           "The stream's gift totals and top gifters (live projection).", "public", "gifts",
           response=BOARD, errors=(404,)),
+    Route("GET", "/api/v1/creators/{user_id}/leaderboard", creator_board,
+          "A creator's top gifters over all their streams: this ISO week (UTC) or all time.",
+          "public", "gifts", response=CREATOR_BOARD,
+          query=(QueryParam("period", "week (default) or all.",
+                            {"type": "string", "enum": list(_PERIODS)}),
+                 QueryParam("week", "With period=week: which week, like 2026-W48 (default: "
+                            "this one; boards are kept 4 weeks after their week).")),
+          errors=(400, 404)),
+    Route("GET", "/api/v1/streams/{stream_id}/goal", get_goal,
+          "The stream's live goal and its progress.", "public", "gifts", response=GOAL,
+          errors=(404,)),
+    Route("PUT", "/api/v1/streams/{stream_id}/goal", put_goal,
+          "Set (or replace) the stream's goal; progress counts gifts from now (owner).", "user",
+          "gifts", body=GOAL_BODY, response=GOAL, errors=(403, 404, 409, 422)),
+    Route("DELETE", "/api/v1/streams/{stream_id}/goal", delete_goal,
+          "Remove the stream's goal (owner).", "user", "gifts", status=204,
+          errors=(403, 404)),
     Route("GET", "/api/v1/me/wallet", my_wallet, "Your coins and diamonds.", "user", "gifts",
           response=WALLET),
     Route("POST", "/api/v1/admin/grants", post_grant,

@@ -10,10 +10,14 @@ connection, subscribed to the rooms that have local subscribers. For each event 
 1. parses the JSON once (to learn ``seq`` and to apply moderation to its cached rules),
 2. frames it once as an unmasked websocket text frame (server frames are never masked, so
    the same bytes are valid on every socket; permessage-deflate is off),
-3. queues the frame on the room and schedules a flush with ``call_soon``: events that
-   arrive in the same read from Redis (a burst) go out together,
+3. queues the frame on the room and schedules the room's flush: at once (``call_soon``) when
+   the room has not flushed for ``LIVECORE_WS_FLUSH_MS``, else when that interval has passed
+   since its last flush. A quiet room's event goes out immediately; in a busy room every event
+   of the interval shares one write per socket (a ``send()`` system call per socket is most of
+   the cost of fan-out, so this divides it by the number of events coalesced),
 4. on flush, joins the queued frames and hands the same bytes to each socket's transport in
-   one ``write``.
+   one ``write``, :data:`FLUSH_CHUNK` sockets at a time, yielding to the event loop between
+   chunks so one big room does not stall the others (or acks, pings and accepts).
 
 No per-recipient serialisation, no per-recipient task, no per-recipient queue object. The
 transport's write buffer is the bounded queue: a socket whose buffer holds more than
@@ -27,7 +31,10 @@ callback at a time, so frames never interleave (checked by the hub tests).
 Subscribing with recovery: the connection is put on the room in *holding* mode (live frames
 are parked on the connection), the room's position and missed events are read from Redis,
 the ``ack`` and the missed events are written, then the parked frames newer than what was
-written are released. So a client sees every event once, in order, with no gap.
+written are released. So a client sees every event once, in order, with no gap. A frame still
+queued for the room's next flush may already be in what was written (the room's position is read
+from Redis, which is ahead of this node's delivery): the connection is remembered with the last
+seq it got (``LocalRoom.fresh``) and the next flushes skip what it already has.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -107,6 +115,8 @@ NODE_TTL_S = 10
 MAX_JOINS_SAMPLED = 5
 SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 SNAPSHOT_SCAN_EVENTS = RECENT_CHAT_IN_SNAPSHOT * 4
+#: Sockets written per slice of a flush before the event loop gets a turn.
+FLUSH_CHUNK = 1000
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -120,7 +130,7 @@ def dumps_frame(message: dict[str, Any]) -> bytes:
     return text_frame(orjson.dumps(message))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     ws: web.WebSocketResponse
     transport: asyncio.Transport
@@ -183,6 +193,11 @@ class LocalRoom:
     connections: set[Connection] = field(default_factory=set)
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     flush_scheduled: bool = False
+    #: A flush is being written in slices; the next one waits for it.
+    flushing: bool = False
+    last_flush_s: float = 0.0
+    #: Connections that subscribed while frames may be queued: the last seq each was sent.
+    fresh: dict[Connection, int] = field(default_factory=dict)
     kicks: list[str] = field(default_factory=list)
     likes_pending: int = 0
     joined: list[str] = field(default_factory=list)
@@ -210,6 +225,8 @@ class Hub:
         self._chat_buckets: dict[str, TokenBucket] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.flush_interval_s = services.settings.ws_flush_ms / 1000
+        self.max_connections = services.settings.max_connections or connection_cap()
         self.stopping = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -286,12 +303,22 @@ class Hub:
         event = orjson.loads(payload)
         self.metrics.room_events.inc()
         self._apply(room, event)
-        room.pending.append((int(event["seq"]), text_frame(payload)))
-        if not room.flush_scheduled:
+        if not room.pending:
             room.first_pending_ts = event["ts"]
-            room.flush_scheduled = True
-            assert self._loop is not None
+        room.pending.append((int(event["seq"]), text_frame(payload)))
+        self._schedule_flush(room)
+
+    def _schedule_flush(self, room: LocalRoom) -> None:
+        """Flush now if the room has been quiet for the interval, else when it has been."""
+        if room.flush_scheduled or room.flushing or not room.pending:
+            return
+        room.flush_scheduled = True
+        assert self._loop is not None
+        wait = room.last_flush_s + self.flush_interval_s - self._loop.time()
+        if wait <= 0:
             self._loop.call_soon(self._flush, room)
+        else:
+            self._loop.call_later(wait, self._flush, room)
 
     def _apply(self, room: LocalRoom, event: dict[str, Any]) -> None:
         """Keep this node's cached rules in step with moderation events."""
@@ -324,16 +351,50 @@ class Hub:
         frames, room.pending = room.pending, []
         if not frames:
             return
-        data = b"".join(frame for _seq, frame in frames)
-        self.metrics.deliveries.inc(len(frames) * len(room.connections))
+        assert self._loop is not None
+        room.last_flush_s = self._loop.time()
         self.metrics.fanout_lag.observe(max(0.0, time.time() - room.first_pending_ts))
-        for conn in list(room.connections):
+        targets = list(room.connections)
+        self.metrics.deliveries.inc(len(frames) * len(targets))
+        if room.fresh:
+            first_seq = frames[0][0]
+            for conn, last in list(room.fresh.items()):
+                if first_seq > last:  # in order from here on
+                    del room.fresh[conn]
+        room.flushing = True
+        self._flush_slice(room, frames, b"".join(frame for _seq, frame in frames), targets, 0)
+
+    def _flush_slice(self, room: LocalRoom, frames: list[tuple[int, bytes]], data: bytes,
+                     targets: list[Connection], start: int) -> None:
+        """Write one slice of a flush; schedule the next, or finish the flush."""
+        fresh = room.fresh
+        writes = 0
+        for conn in targets[start:start + FLUSH_CHUNK]:
+            if conn.closing:
+                continue
             held = conn.holding.get(room.id)
             if held is not None:
                 held.extend(frames)
-            elif not conn.write(data):
-                if conn.closing:
-                    self._leave_all(conn)
+                continue
+            if start and room.id not in conn.rooms:
+                continue  # left the room while earlier slices were written
+            payload = data
+            if fresh:
+                last = fresh.get(conn)
+                if last is not None:
+                    payload = b"".join(frame for seq, frame in frames if seq > last)
+                    if not payload:
+                        continue
+            writes += 1
+            if not conn.write(payload) and conn.closing:
+                self._leave_all(conn)
+        self.metrics.ws_writes.inc(writes)
+        start += FLUSH_CHUNK
+        if start < len(targets):
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_slice, room, frames, data, targets, start)
+            return
+        room.flushing = False
         if room.kicks:
             banned, room.kicks = set(room.kicks), []
             for conn in list(room.connections):
@@ -341,6 +402,7 @@ class Hub:
                     room.connections.discard(conn)
                     conn.rooms.discard(room.id)
                     conn.send({"type": "unsubscribed", "room": room.id, "reason": "banned"})
+        self._schedule_flush(room)
 
     # -- rooms ------------------------------------------------------------------------------
 
@@ -398,6 +460,12 @@ class Hub:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /ws``: authenticate (optionally), upgrade, then serve messages until close."""
         services = self.services
+        if len(self.connections) >= self.max_connections:
+            # Refused before the upgrade, so the socket closes at once: the node stays below
+            # its open-file limit, where accept() itself would start failing.
+            self.metrics.ws_refused.inc()
+            raise ServiceUnavailable("This node holds its most websockets; try again later.",
+                                     code="server_full", retry_after_s=5)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                    if p.strip()]
         version = negotiate_version(offered, request.query.get("v"))
@@ -428,8 +496,7 @@ class Hub:
             return ws
         transport = request.transport
         assert transport is not None
-        conn = Connection(ws, transport, uuid.uuid4().hex, user,
-                          on_close=lambda reason: self.metrics.ws_closed.labels(reason).inc())
+        conn = Connection(ws, transport, uuid.uuid4().hex, user, on_close=self._count_close)
         self.connections.add(conn)
         conn.send({
             "type": "hello", "v": version, "session": conn.session,
@@ -451,6 +518,9 @@ class Hub:
             self.connections.discard(conn)
             self._leave_all(conn)
         return ws
+
+    def _count_close(self, reason: str) -> None:
+        self.metrics.ws_closed.labels(reason).inc()
 
     async def _on_text(self, conn: Connection, data: str) -> None:
         message_id = None
@@ -572,6 +642,8 @@ class Hub:
                                   "viewers": max(room.viewers, len(room.connections)),
                                   "joined": []}))
         conn.write(b"".join(parts))
+        # Redis may be ahead of this node's delivery: later flushes skip what was just sent.
+        room.fresh[conn] = last
 
     async def _catch_up(self, room: LocalRoom, since: dict[str, Any] | None
                         ) -> tuple[dict[str, Any], list[tuple[int, bytes]]]:
@@ -614,6 +686,8 @@ class Hub:
             "likes": await self.bus.likes(room.id),
             "slow_mode_s": room.rules.slow_mode_s,
             "recent_chat": chats[-RECENT_CHAT_IN_SNAPSHOT:],
+            # The live goal and the leaderboard (from the gift projection).
+            **await self.services.gifts.room_state(StreamId(uuid.UUID(room.id))),
         }
 
     async def _unsubscribe(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
@@ -630,6 +704,7 @@ class Hub:
         room = self.rooms.get(room_id)
         if room is not None:
             room.connections.discard(conn)
+            room.fresh.pop(conn, None)
             if not room.connections:
                 room.idle_since = time.monotonic()
 
@@ -765,6 +840,15 @@ class Hub:
 
     def stats(self) -> dict[str, int]:
         return {"connections": len(self.connections), "rooms": len(self.rooms)}
+
+
+def connection_cap() -> int:
+    """Websockets a node may hold by default: its open-file limit minus a reserve for
+    PostgreSQL and Redis connections, HTTP clients and files."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - max(512, soft // 40))
 
 
 def _user_ref(user: Account | None) -> dict[str, str] | None:

@@ -72,16 +72,17 @@ async def verify_postgres(pool: Any) -> list[CheckResult]:
 
 
 async def verify_projection(pool: Any, projection: RedisProjection) -> CheckResult:
-    """Redis totals equal PostgreSQL sums, for every live stream."""
+    """Redis equals PostgreSQL for every live stream: totals, the stream's board and goal
+    progress, and its creator's all-time and current-week boards."""
     result = CheckResult("redis_matches_postgres",
-                         "live streams' Redis totals and boards equal the ledger's")
+                         "live streams' Redis totals, boards and goals equal the ledger's")
     for row in await pool.fetch("SELECT id FROM streams WHERE state = 'live' ORDER BY id"):
         difference = await projection.reconcile(pool, row["id"], repair=False)
         if difference is not None:
             result.failures += 1
             if len(result.examples) < SAMPLE:
                 result.examples.append(
-                    f"{row['id']}: redis {difference.redis.coins} coins / "
-                    f"{difference.redis.gifts} gifts, ledger {difference.postgres.coins} / "
-                    f"{difference.postgres.gifts}")
+                    f"{row['id']}: {', '.join(difference.parts)} differ; redis "
+                    f"{difference.redis.coins} coins / {difference.redis.gifts} gifts, ledger "
+                    f"{difference.postgres.coins} / {difference.postgres.gifts}")
     return result

@@ -5,22 +5,42 @@ connection near 2,000 gifts/s, and a popular streamer's earnings row would be up
 locked) once per gift. Gathering the gifts that arrive within a couple of milliseconds into one
 transaction pays the commit once, and credits each creator and the platform once per batch.
 
+Two batches are in flight at once, each on its own connection (``max_in_flight``), so that one
+batch's statements run while the other waits for its commit to reach the disk, and PostgreSQL
+can use both cores. A sender's gifts are never in two batches in flight at once: a batch takes
+only orders whose sender is not in a batch still running (the others wait, in order, for the
+next one). So the batches in flight lock disjoint wallets, and each sender's gifts are still
+funded in arrival order.
+
 One batch, in one transaction:
 
 1. Read the stored gifts among the batch's ids: those are replays (same content: the stored
    outcome is returned) or conflicts (same id, other content: an error). A batch that holds
    the same id twice treats the later one the same way, once the first is decided.
-2. Lock every account the batch touches, in id order (one statement, so concurrent batches on
-   other gateway processes always lock in the same order and cannot deadlock).
-3. Walk the new gifts in arrival order against the locked wallet balances: a gift the sender
-   can afford is accepted and its price held back; one it cannot is refused
-   (``insufficient_coins``) and moves nothing.
-4. Claim the accepted ids (``INSERT ... ON CONFLICT DO NOTHING``); an id another process
-   claimed meanwhile is resolved as in step 1 after commit.
-5. Debit each sender once, credit each creator once and the platform once, and write the
-   entries (one per gift for the debit, one per account for the credits) in one statement,
-   which the database checks sums to zero.
-6. COMMIT. Only then are the senders answered; only then do gifts reach rooms.
+2. Lock the senders' wallets, in id order, in one statement (``FOR NO KEY UPDATE``: the lock
+   an ``UPDATE`` takes, which does not block the foreign-key checks of other batches' entries).
+3. Walk the new gifts in arrival order against the locked balances: a gift the sender can
+   afford is accepted and its price held back; one it cannot is refused (``insufficient_coins``)
+   and moves nothing.
+4. Claim the accepted ids, in id order, together with the batch's transfer row (``INSERT ... ON
+   CONFLICT DO NOTHING``); an id another batch claimed meanwhile is resolved as in step 1 after
+   commit. If no id was claimed, the transaction is rolled back: nothing is written.
+5. Debit each sender once and write every entry (one per gift for the debit, one per account
+   for the credits) in one statement, which the database checks sums to zero.
+6. Check the deferred foreign keys now (``SET CONSTRAINTS ALL IMMEDIATE``), then lock the
+   credited accounts (each creator's earnings and the platform account) in id order, credit
+   each once, and COMMIT. Only then are the senders answered; only then do gifts reach rooms.
+
+Deadlocks: every batch (of this process or another gateway's) locks wallets first, in id order,
+then the credited accounts, in id order; wallets are never credited and earnings or the
+platform never debited by a batch, so that is one global order. Ids are claimed in id order too
+(a claim waits for another batch's uncommitted claim of the same id). The credited accounts, a
+popular streamer's and the platform's, are shared by every batch: they are locked last, for the
+few hundred microseconds of two small statements and the commit, not for the whole batch.
+
+The creators' earnings accounts are created, when missing, before the transaction (in short
+statements of their own, so no batch holds its locks while it waits for another's new account
+row), and their ids, like the platform account's, are cached.
 
 If the transaction fails (PostgreSQL unreachable, say), every gift of the batch is answered
 with a retryable error and nothing was acknowledged: the client retries with the same id.
@@ -44,6 +64,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_WAIT_S = 0.002
+#: Batches committing at once, each on its own pooled connection.
+MAX_IN_FLIGHT = 2
+#: Cached earnings account ids (creator -> account); the cache is emptied when it grows past this.
+MAX_CACHED_ACCOUNTS = 100_000
 
 
 class InsufficientCoins(ClientError):
@@ -82,6 +106,8 @@ class GiftOutcome:
 _GIFT_COLUMNS = ("id, sender_id, stream_id, creator_id, gift_slug, quantity, price, "
                  "creator_share, platform_cut, created_at")
 
+_Queued = tuple[GiftOrder, "asyncio.Future[GiftOutcome]", float]
+
 
 def _order(row: Any) -> GiftOrder:
     return GiftOrder(row["id"], row["sender_id"], row["stream_id"], row["creator_id"],
@@ -94,15 +120,26 @@ class GiftBatcher:
 
     def __init__(self, pool: Any, *, clock: Callable[[], dt.datetime],
                  max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S,
+                 max_in_flight: int = MAX_IN_FLIGHT,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._pool = pool
         self._clock = clock
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
+        self._max_in_flight = max_in_flight
         self._on_batch = on_batch
-        self._queue: list[tuple[GiftOrder, asyncio.Future[GiftOutcome]]] = []
+        self._queue: list[_Queued] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+        #: Senders with a batch in flight: their next gifts wait for the one after.
+        self._busy: set[uuid.UUID] = set()
+        #: Every queued order's sender is busy: nothing to start until a batch ends.
+        self._blocked = False
+        self._earnings: dict[uuid.UUID, int] = {}
+        self._platform: int | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gift-batcher")
@@ -112,37 +149,79 @@ class GiftBatcher:
         if self._task is None:
             return
         task, self._task = self._task, None
-        while self._queue:
-            await self._flush()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        while self._queue or self._flushing:
+            while self._queue and len(self._flushing) < self._max_in_flight:
+                if not self._launch():
+                    break
+            if self._flushing:
+                await asyncio.wait(set(self._flushing), return_when=asyncio.FIRST_COMPLETED)
 
     async def send(self, order: GiftOrder) -> GiftOutcome:
         if self._task is None:
             raise ServiceUnavailable("The gift service is not running.")
-        future: asyncio.Future[GiftOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((order, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GiftOutcome] = loop.create_future()
+        self._queue.append((order, future, loop.time()))
+        if order.sender_id not in self._busy:
+            self._blocked = False
         self._wake.set()
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if (not self._queue or self._blocked
+                    or len(self._flushing) >= self._max_in_flight):
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            # Flush on size, or once the oldest queued gift has waited max_wait_s.
             if len(self._queue) < self._max_batch:
-                await asyncio.sleep(self._max_wait_s)
-            while self._queue:
-                await self._flush()
+                delay = self._queue[0][2] + self._max_wait_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+            if not self._launch():
+                self._blocked = True
 
-    async def _flush(self) -> None:
-        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+    def _launch(self) -> bool:
+        """Start a batch of the queued orders whose senders have none in flight.
+
+        With several free slots, a batch takes about its share of the waiting senders (all of
+        a sender's queued gifts go to the same batch), and the next slot the others: so a few
+        hundred gifts from a few dozen senders still make two batches running side by side.
+        """
+        free = self._max_in_flight - len(self._flushing)
+        waiting = {item[0].sender_id for item in self._queue} - self._busy
+        share = -(-len(waiting) // free) if free > 1 else len(waiting)
+        batch: list[_Queued] = []
+        rest: list[_Queued] = []
+        senders: set[uuid.UUID] = set()
+        for item in self._queue:
+            sender = item[0].sender_id
+            if sender not in senders and (len(senders) >= share or sender in self._busy):
+                rest.append(item)
+            elif len(batch) < self._max_batch:
+                batch.append(item)
+                senders.add(sender)
+            else:
+                rest.append(item)
         if not batch:
-            return
+            return False
+        self._queue = rest
+        self._busy |= senders
+        task = asyncio.create_task(self._flush(batch, senders), name="gift-batch")
+        self._flushing.add(task)
+        return True
+
+    async def _flush(self, batch: list[_Queued], senders: set[uuid.UUID]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            results = await self._commit([order for order, _ in batch])
+            results = await self._commit([order for order, _, _ in batch])
         except UNAVAILABLE_ERRORS as exc:
             log.warning("gift batch failed: database unavailable",
                         extra={"gifts": len(batch), "error": repr(exc)})
@@ -150,12 +229,21 @@ class GiftBatcher:
                 "Gifts are paused: the ledger is unreachable. Retry with the same gift id.",
                 code="ledger_unavailable")
             results = [error] * len(batch)
+            self._forget_accounts()
         except Exception:
             log.exception("gift batch failed", extra={"gifts": len(batch)})
             results = [LivecoreError("Internal error; retry with the same gift id.")] * len(batch)
+            self._forget_accounts()
+        finally:
+            self._busy -= senders
+            self._blocked = False
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushing.discard(task)
+            self._wake.set()
         if self._on_batch is not None:
             self._on_batch(len(batch), loop.time() - started)
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):
@@ -163,30 +251,84 @@ class GiftBatcher:
             else:
                 future.set_result(result)
 
+    def _forget_accounts(self) -> None:
+        self._earnings.clear()
+        self._platform = None
+
+    async def _accounts(self, conn: Any, creators: set[uuid.UUID]
+                        ) -> tuple[int, dict[uuid.UUID, int]]:
+        """The platform account's id and the creators' earnings account ids, creating the
+        missing earnings accounts (ids are cached).
+
+        Outside the batch's transaction: a new account row is committed at once, so no batch
+        holds its locks while it waits for another's new account row.
+        """
+        platform = self._platform
+        if platform is None:
+            platform = self._platform = int(await conn.fetchval(
+                "SELECT id FROM ledger_accounts WHERE kind = 'platform'"))
+        if len(self._earnings) + len(creators) > MAX_CACHED_ACCOUNTS:
+            self._earnings.clear()
+        missing = [c for c in creators if c not in self._earnings]
+        if missing:
+            made = await conn.fetch(
+                """
+                INSERT INTO ledger_accounts (kind, owner_id)
+                SELECT 'earnings', unnest($1::uuid[])
+                ON CONFLICT (kind, owner_id) DO NOTHING
+                RETURNING id, owner_id
+                """,
+                missing,
+            )
+            # The others existed, or another transaction created them while this insert
+            # waited for it: a new statement (a new snapshot) sees them.
+            found = await conn.fetch(
+                "SELECT id, owner_id FROM ledger_accounts"
+                " WHERE kind = 'earnings' AND owner_id = ANY($1::uuid[])",
+                missing,
+            ) if len(made) < len(missing) else []
+            for row in [*made, *found]:
+                self._earnings[row["owner_id"]] = row["id"]
+        return platform, {c: self._earnings[c] for c in creators}
+
     async def _commit(self, orders: list[GiftOrder]) -> list[GiftOutcome | LivecoreError]:
         now = self._clock()
-        async with self._pool.acquire() as conn, conn.transaction():
-            stored = {
-                row["id"]: row for row in await conn.fetch(
-                    f"SELECT {_GIFT_COLUMNS} FROM gifts WHERE id = ANY($1::uuid[])",
-                    list({o.gift_id for o in orders}))
-            }
-            fresh: list[int] = []
-            seen: set[uuid.UUID] = set()
-            for index, order in enumerate(orders):
-                if order.gift_id not in stored and order.gift_id not in seen:
-                    seen.add(order.gift_id)
-                    fresh.append(index)
-            accepted, refused = await self._fund(conn, [orders[i] for i in fresh])
-            claimed: set[uuid.UUID] = set()
-            if accepted:
-                claimed = await self._post(conn, accepted, now)
+        async with self._pool.acquire() as conn:
+            platform, earnings = await self._accounts(conn, {o.creator_id for o in orders})
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                stored = {
+                    row["id"]: row for row in await conn.fetch(
+                        f"SELECT {_GIFT_COLUMNS} FROM gifts WHERE id = ANY($1::uuid[])",
+                        [o.gift_id for o in orders])
+                }
+                fresh: list[GiftOrder] = []
+                seen: set[uuid.UUID] = set()
+                for order in orders:
+                    if order.gift_id not in stored and order.gift_id not in seen:
+                        seen.add(order.gift_id)
+                        fresh.append(order)
+                accepted, refused, wallets = await self._fund(conn, fresh)
+                claimed: set[uuid.UUID] = set()
+                if accepted:
+                    claimed = await self._post(conn, accepted, wallets, earnings, platform,
+                                               now)
+            except BaseException:
+                # Keep the original error; a broken connection is reset by the pool anyway.
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            if claimed:
+                await transaction.commit()
+            else:  # nothing to write: only locks were taken
+                await transaction.rollback()
         outcomes: dict[uuid.UUID, GiftOutcome] = {}
         for order in accepted:
             if order.gift_id in claimed:
                 outcomes[order.gift_id] = GiftOutcome(order, now, True)
         unresolved = {o.gift_id for o in orders} - set(outcomes) - set(stored) - refused
-        if unresolved:  # claimed by another process meanwhile: read what it stored
+        if unresolved:  # claimed by another batch meanwhile: read what it stored
             async with self._pool.acquire() as conn:
                 for row in await conn.fetch(
                         f"SELECT {_GIFT_COLUMNS} FROM gifts WHERE id = ANY($1::uuid[])",
@@ -220,20 +362,25 @@ class GiftBatcher:
                         code="gift_id_conflict", gift_id=str(order.gift_id))
 
     @staticmethod
-    async def _fund(conn: Any, orders: list[GiftOrder]) -> tuple[list[GiftOrder], set[uuid.UUID]]:
-        """Lock the accounts and decide, in arrival order, which gifts the senders afford."""
+    async def _fund(conn: Any, orders: list[GiftOrder]
+                    ) -> tuple[list[GiftOrder], set[uuid.UUID], dict[uuid.UUID, int]]:
+        """Lock the senders' wallets and decide, in arrival order, which gifts they afford.
+
+        Returns the accepted orders, the refused ids and each sender's wallet account id.
+        """
         if not orders:
-            return [], set()
+            return [], set(), {}
         senders = sorted({o.sender_id for o in orders})
         rows = await conn.fetch(
             """
             SELECT id, owner_id, balance FROM ledger_accounts
             WHERE kind = 'wallet' AND owner_id = ANY($1::uuid[])
-            ORDER BY id FOR UPDATE
+            ORDER BY id FOR NO KEY UPDATE
             """,
             senders,
         )
         balance = {row["owner_id"]: row["balance"] for row in rows}
+        wallets = {row["owner_id"]: row["id"] for row in rows}
         accepted, refused = [], set()
         for order in orders:
             available = balance.get(order.sender_id, 0)
@@ -242,13 +389,20 @@ class GiftBatcher:
                 accepted.append(order)
             else:
                 refused.add(order.gift_id)
-        return accepted, refused
+        return accepted, refused, wallets
 
     @staticmethod
-    async def _post(conn: Any, orders: list[GiftOrder], now: dt.datetime) -> set[uuid.UUID]:
+    async def _post(conn: Any, orders: list[GiftOrder], wallets: dict[uuid.UUID, int],
+                    earnings: dict[uuid.UUID, int], platform: int,
+                    now: dt.datetime) -> set[uuid.UUID]:
         transfer_id = uuid.uuid4()
+        claims = sorted(orders, key=lambda o: o.gift_id.int)  # one global claim order
         claimed_rows = await conn.fetch(
             """
+            WITH transfer AS (
+                INSERT INTO ledger_transfers (id, kind, created_at)
+                VALUES ($10::uuid, 'gift_batch', $11::timestamptz)
+            )
             INSERT INTO gifts (id, sender_id, stream_id, creator_id, gift_slug, quantity, price,
                                creator_share, platform_cut, transfer_id, created_at)
             SELECT g.*, $10::uuid, $11::timestamptz
@@ -257,86 +411,67 @@ class GiftBatcher:
             ON CONFLICT (id) DO NOTHING
             RETURNING id
             """,
-            [o.gift_id for o in orders], [o.sender_id for o in orders],
-            [o.stream_id for o in orders], [o.creator_id for o in orders],
-            [o.gift_slug for o in orders], [o.quantity for o in orders],
-            [o.price for o in orders], [o.creator_share for o in orders],
-            [o.platform_cut for o in orders], transfer_id, now,
+            [o.gift_id for o in claims], [o.sender_id for o in claims],
+            [o.stream_id for o in claims], [o.creator_id for o in claims],
+            [o.gift_slug for o in claims], [o.quantity for o in claims],
+            [o.price for o in claims], [o.creator_share for o in claims],
+            [o.platform_cut for o in claims], transfer_id, now,
         )
         claimed = {row["id"] for row in claimed_rows}
         posted = [o for o in orders if o.gift_id in claimed]
         if not posted:
             return claimed
-        await conn.execute(
-            "INSERT INTO ledger_transfers (id, kind, created_at) VALUES ($1, 'gift_batch', $2)",
-            transfer_id, now,
-        )
-        creators = sorted({o.creator_id for o in posted})
-        await conn.execute(
-            """
-            INSERT INTO ledger_accounts (kind, owner_id)
-            SELECT 'earnings', unnest($1::uuid[])
-            ON CONFLICT (kind, owner_id) DO NOTHING
-            """,
-            creators,
-        )
-        debits: dict[uuid.UUID, int] = {}
-        shares: dict[uuid.UUID, int] = {}
+        debits: dict[int, int] = {}
+        credits: dict[int, int] = {}
         cut = 0
         for order in posted:
-            debits[order.sender_id] = debits.get(order.sender_id, 0) + order.price
-            shares[order.creator_id] = shares.get(order.creator_id, 0) + order.creator_share
+            wallet = wallets[order.sender_id]
+            debits[wallet] = debits.get(wallet, 0) + order.price
+            if order.creator_share:
+                account = earnings[order.creator_id]
+                credits[account] = credits.get(account, 0) + order.creator_share
             cut += order.platform_cut
-        # Every account of the batch, locked in id order (wallets were locked already).
-        accounts = await conn.fetch(
-            """
-            SELECT id, kind, owner_id FROM ledger_accounts
-            WHERE (kind = 'wallet' AND owner_id = ANY($1::uuid[]))
-               OR (kind = 'earnings' AND owner_id = ANY($2::uuid[]))
-               OR kind = 'platform'
-            ORDER BY id FOR UPDATE
-            """,
-            list(debits), creators,
-        )
-        wallet = {r["owner_id"]: r["id"] for r in accounts if r["kind"] == "wallet"}
-        earnings = {r["owner_id"]: r["id"] for r in accounts if r["kind"] == "earnings"}
-        platform = next(r["id"] for r in accounts if r["kind"] == "platform")
-        changes: dict[int, int] = {}
-        for sender, amount in debits.items():
-            changes[wallet[sender]] = -amount
-        for creator, amount in shares.items():
-            if amount:
-                changes[earnings[creator]] = changes.get(earnings[creator], 0) + amount
         if cut:
-            changes[platform] = changes.get(platform, 0) + cut
-        ids = sorted(changes)
-        await conn.execute(
-            """
-            UPDATE ledger_accounts a SET balance = a.balance + c.delta
-            FROM unnest($1::bigint[], $2::bigint[]) AS c(id, delta)
-            WHERE a.id = c.id
-            """,
-            ids, [changes[i] for i in ids],
-        )
-        entry_accounts = [wallet[o.sender_id] for o in posted]
+            credits[platform] = cut
+        entry_accounts = [wallets[o.sender_id] for o in posted]
         entry_amounts = [-o.price for o in posted]
         entry_gifts: list[uuid.UUID | None] = [o.gift_id for o in posted]
-        for creator, amount in shares.items():
-            if amount:
-                entry_accounts.append(earnings[creator])
-                entry_amounts.append(amount)
-                entry_gifts.append(None)
-        if cut:
-            entry_accounts.append(platform)
-            entry_amounts.append(cut)
+        for account, amount in credits.items():
+            entry_accounts.append(account)
+            entry_amounts.append(amount)
             entry_gifts.append(None)
+        debited = sorted(debits)
+        # The entries and the debits of the (already locked) wallets: one statement.
         await conn.execute(
             """
+            WITH debit AS (
+                UPDATE ledger_accounts a SET balance = a.balance - d.amount
+                FROM unnest($5::bigint[], $6::bigint[]) AS d(id, amount)
+                WHERE a.id = d.id
+            )
             INSERT INTO ledger_entries (transfer_id, account_id, amount, gift_id)
             SELECT $1, e.account, e.amount, e.gift
             FROM unnest($2::bigint[], $3::bigint[], $4::uuid[]) AS e(account, amount, gift)
             """,
             transfer_id, entry_accounts, entry_amounts, entry_gifts,
+            debited, [debits[i] for i in debited],
+        )
+        # The gifts' deferred foreign key to their transfer, checked now rather than at COMMIT,
+        # while no shared account is locked yet.
+        await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        credited = sorted(credits)
+        await conn.execute(
+            "SELECT id FROM ledger_accounts WHERE id = ANY($1::bigint[])"
+            " ORDER BY id FOR NO KEY UPDATE",
+            credited,
+        )
+        await conn.execute(
+            """
+            UPDATE ledger_accounts a SET balance = a.balance + c.amount
+            FROM unnest($1::bigint[], $2::bigint[]) AS c(id, amount)
+            WHERE a.id = c.id
+            """,
+            credited, [credits[i] for i in credited],
         )
         return claimed
 

@@ -113,7 +113,7 @@ class WordFilter:
         return None if match is None else match.group(0)
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
     """``capacity`` tokens, refilled continuously at ``rate_per_s``; one token per action."""
 

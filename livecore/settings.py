@@ -158,9 +158,50 @@ class Settings:
             "Comma-separated words refused in every chat (each stream can add its own).",
         ),
     )
+    processes: int = field(
+        default=1,
+        metadata=_env(
+            "LIVECORE_PROCESSES",
+            "Serving processes `livecore serve` runs on its one port (SO_REUSEPORT), each a "
+            "gateway node; more use more cores and hold more websockets.",
+        ),
+    )
+    ws_flush_ms: int = field(
+        default=100,
+        metadata=_env(
+            "LIVECORE_WS_FLUSH_MS",
+            "Websocket fan-out: a room flushes at most once per this many milliseconds; the "
+            "events of a busy room's interval share one write per socket (0: every event at "
+            "once).",
+        ),
+    )
+    max_connections: int = field(
+        default=0,
+        metadata=_env(
+            "LIVECORE_MAX_CONNECTIONS",
+            "Most websockets one node holds; more are refused with 503 (0: the process's "
+            "open-file limit minus a reserve).",
+        ),
+    )
     worker_interval_s: int = field(
         default=30,
         metadata=_env("LIVECORE_WORKER_INTERVAL_S", "Seconds between background worker passes."),
+    )
+    reconcile_interval_s: int = field(
+        default=60,
+        metadata=_env(
+            "LIVECORE_RECONCILE_INTERVAL_S",
+            "Seconds between reconciliation passes (Redis against PostgreSQL) across all "
+            "workers.",
+        ),
+    )
+    worker_metrics_port: int = field(
+        default=0,
+        metadata=_env(
+            "LIVECORE_WORKER_METRICS_PORT",
+            "TCP port on which `livecore worker` serves Prometheus metrics (on LIVECORE_HOST); "
+            "0: not served.",
+        ),
     )
 
     @classmethod
@@ -188,6 +229,8 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append("PORT must be between 0 and 65535")
+        if not 0 <= self.worker_metrics_port <= 65535:
+            problems.append("LIVECORE_WORKER_METRICS_PORT must be between 0 and 65535")
         if self.log_level.upper() not in _LOG_LEVELS:
             problems.append(f"LIVECORE_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
         positive = (
@@ -198,6 +241,8 @@ class Settings:
             "login_window_s",
             "db_pool_max",
             "worker_interval_s",
+            "processes",
+            "reconcile_interval_s",
         )
         for f in dataclasses.fields(self):
             if f.name in positive and getattr(self, f.name) <= 0:
@@ -206,6 +251,10 @@ class Settings:
             problems.append("LIVECORE_PLATFORM_CUT_BP must be between 0 and 10000")
         if self.min_signup_age < 0:
             problems.append("LIVECORE_MIN_SIGNUP_AGE must not be negative")
+        if not 0 <= self.ws_flush_ms <= 1000:
+            problems.append("LIVECORE_WS_FLUSH_MS must be between 0 and 1000")
+        if self.max_connections < 0:
+            problems.append("LIVECORE_MAX_CONNECTIONS must not be negative")
         public_scheme = urlsplit(self.public_url).scheme if self.public_url else "https"
         if public_scheme not in {"http", "https"}:
             problems.append("LIVECORE_PUBLIC_URL must be an http:// or https:// URL")

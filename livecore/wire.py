@@ -6,7 +6,7 @@ Design notes (the full, human-oriented description is ``docs/protocol.md``):
   upgrade (subprotocol ``livecore.v1``, or ``?v=1``), not carried in every message.
 * A client may give any message an ``id`` (a string); the server echoes it in the ``ack`` or
   ``error`` that answers the message, so a client can match replies to requests.
-* Room events (chat, likes, stream state, moderation, and later gifts) carry the room, a
+* Room events (chat, likes, stream state, moderation, gifts, goals, boards) carry the room, a
   per-room sequence number ``seq`` and the room's ``epoch``. ``seq`` increases by one per event
   within an epoch; an epoch changes only when the room's history is lost (Redis restarted
   empty). A client that reconnects sends its last ``(epoch, seq)`` and gets what it missed,
@@ -186,6 +186,20 @@ def _object(properties: dict[str, Schema], required: list[str] | None = None) ->
     }
 
 
+_GOAL: Schema = _object({
+    "target_coins": {"type": "integer", "minimum": 1},
+    "progress_coins": {"type": "integer", "minimum": 0},
+    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+    "reached": {"type": "boolean"},
+    "title": {"type": "string"},
+})
+_BOARD: Schema = _object({
+    "coins": {"type": "integer", "minimum": 0},
+    "gifts": {"type": "integer", "minimum": 0},
+    "top": {"type": "array", "maxItems": 10, "items": _object({
+        "user": _USER_REF, "coins": {"type": "integer", "minimum": 1}})},
+})
+
 ROOM_EVENT_SCHEMAS: dict[str, Schema] = {
     "chat.message": _room_event(
         "chat.message",
@@ -223,6 +237,14 @@ ROOM_EVENT_SCHEMAS: dict[str, Schema] = {
                  "coins": {"type": "integer", "minimum": 1},
                  "combo": {"type": ["integer", "null"], "minimum": 1}}),
     ),
+    "gift.combo_ended": _room_event(
+        "gift.combo_ended",
+        _object({"sender": _USER_REF, "gift": {"type": "string"},
+                 "combo": {"type": "integer", "minimum": 1}}),
+    ),
+    "goal.updated": _room_event("goal.updated", _GOAL),
+    "goal.cleared": _room_event("goal.cleared", _object({})),
+    "leaderboard.updated": _room_event("leaderboard.updated", _BOARD),
     "stream.state": _room_event(
         "stream.state",
         _object({"state": {"enum": ["created", "live", "ended"]}}),
@@ -239,6 +261,8 @@ _SNAPSHOT: Schema = _object(
         "slow_mode_s": {"type": "integer", "minimum": 0},
         "recent_chat": {"type": "array",
                         "items": ROOM_EVENT_SCHEMAS["chat.message"]},
+        "goal": {"anyOf": [_GOAL, {"type": "null"}]},
+        "leaderboard": _BOARD,
     }
 )
 

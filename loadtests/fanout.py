@@ -30,8 +30,12 @@ minus before, over the connections), idle CPU (over ``--idle``: 20 s covers one 
 connection), deliveries per second, latency percentiles, and the server's CPU seconds per
 million deliveries (``psutil`` times of the server process: neither Redis nor the load generator
 is counted; both are shown, and so is the CPU the machine's other processes took meanwhile).
-For Livecore it also prints its own ``livecore_fanout_lag_seconds`` histogram from /metrics
-(publication to flush), which tells server-side delay from client-side delay. ``--history N``
+For Livecore it also prints what its own /metrics say: the ``livecore_fanout_lag_seconds``
+histogram (publication to flush), which tells server-side delay from client-side delay, the
+events coalesced per socket write (``LIVECORE_WS_FLUSH_MS``; set it in the environment to
+compare intervals), and the full garbage collections with their pauses. With
+``LIVECORE_PROCESSES`` > 1 in the environment, the server's CPU and memory are those of all its
+serving processes together; /metrics then answers from one of them (a sample). ``--history N``
 publishes N events into each room before anyone subscribes, as a busy room has a history.
 
 The load generator is built to cost the machine as little as possible: subscriber connections
@@ -75,6 +79,7 @@ import aiohttp
 import orjson
 import psutil
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.frames import Close, Frame, Opcode
 
 from gateway.embedded import EmbeddedRedis
@@ -601,8 +606,20 @@ def redis_server_pid(redis_url: str) -> int | None:
     return None
 
 
+def serving_pids(pid: int) -> list[int]:
+    """The server and, with LIVECORE_PROCESSES > 1, the serving processes it started (not
+    the embedded PostgreSQL and Redis, which are counted apart)."""
+    extra = [child.pid for child in psutil.Process(pid).children()
+             if "--extra-process" in child.cmdline()]
+    return [pid, *extra]
+
+
+def server_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in serving_pids(pid))
+
+
 def rss(pid: int) -> int:
-    return int(psutil.Process(pid).memory_info().rss)
+    return sum(int(psutil.Process(p).memory_info().rss) for p in serving_pids(pid))
 
 
 def connect_all(fleet: list[Worker], port: int, setup: Setup, subscribers: int, phase: int,
@@ -729,39 +746,67 @@ def delivered(fleet: list[Worker]) -> int:
     return sum(w.delivered.value for w in fleet)
 
 
-LAG_METRIC = "livecore_fanout_lag_seconds_bucket"
+LAG_METRIC = "livecore_fanout_lag_seconds"
+GC_METRIC = "livecore_gc_full_pause_seconds"
 
 
-async def lag_buckets(port: int) -> dict[float, float]:
-    """The hub's fan-out lag histogram (cumulative counts by upper bound), from /metrics;
-    empty for a server without it (the baseline)."""
-    buckets: dict[float, float] = {}
+async def server_metrics(port: int) -> dict[tuple[str, str], float]:
+    """The server's /metrics samples as {(name, le label): value}; empty for a server without
+    them (the baseline)."""
+    samples: dict[tuple[str, str], float] = {}
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://127.0.0.1:{port}/metrics",
                          timeout=aiohttp.ClientTimeout(total=10)) as response:
-            for line in (await response.text()).splitlines():
-                if line.startswith(LAG_METRIC + "{"):
-                    bound = line[line.index('le="') + 4 : line.index('"}')]
-                    buckets[math.inf if bound == "+Inf" else float(bound)] = float(
-                        line.rsplit(" ", 1)[1])
-    return buckets
+            if response.status != 200:
+                return samples
+            text = await response.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, sample.labels.get("le", ""))] = sample.value
+    return samples
 
 
-def lag_summary(before: dict[float, float], after: dict[float, float]) -> str:
-    """p50/p99/max bucket of the flushes between two readings of the histogram."""
-    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+def _buckets(samples: dict[tuple[str, str], float], metric: str) -> dict[float, float]:
+    return {math.inf if le == "+Inf" else float(le): value
+            for (name, le), value in samples.items() if name == metric + "_bucket"}
+
+
+def _upper(counts: dict[float, float], fraction: float) -> str:
+    total = counts.get(math.inf, 0.0)
+    bound = next(b for b, c in sorted(counts.items()) if c >= fraction * total)
+    return "> the largest bucket" if bound == math.inf else f"<= {bound * 1000:g} ms"
+
+
+def server_summary(before: dict[tuple[str, str], float],
+                   after: dict[tuple[str, str], float]) -> str:
+    """What the hub's own metrics say about the run: flush lag (publication to flush, p50/p99/
+    max bucket), events coalesced per socket write, full garbage collections."""
+    def delta(name: str, le: str = "") -> float:
+        return after.get((name, le), 0.0) - before.get((name, le), 0.0)
+
+    lag_before, lag_after = _buckets(before, LAG_METRIC), _buckets(after, LAG_METRIC)
+    counts = {bound: lag_after[bound] - lag_before.get(bound, 0.0) for bound in lag_after}
     total = counts.get(math.inf, 0.0)
     if not total:
         return ""
-
-    def upper(fraction: float) -> str:
-        bound = next(b for b, c in counts.items() if c >= fraction * total)
-        return "> 1 s" if bound == math.inf else f"<= {bound * 1000:g} ms"
-
     over = total - counts.get(0.1, total)
-    return (f"{total:,.0f} flushes; lag from publication to flush p50 {upper(0.5)},"
-            f" p99 {upper(0.99)}, max {upper(1.0)}; {over:,.0f} flushes over 100 ms")
+    parts = [f"{total:,.0f} flushes; lag from publication to flush p50 {_upper(counts, 0.5)},"
+             f" p99 {_upper(counts, 0.99)}, max {_upper(counts, 1.0)};"
+             f" {over:,.0f} flushes over 100 ms"]
+    writes = delta("livecore_ws_writes_total")
+    if writes:
+        parts.append(f"{delta('livecore_ws_deliveries_total') / writes:.2f} events per"
+                     " socket write")
+    collections = delta(GC_METRIC + "_count")
+    if collections:
+        gc_before, gc_after = _buckets(before, GC_METRIC), _buckets(after, GC_METRIC)
+        gc_counts = {b: gc_after[b] - gc_before.get(b, 0.0) for b in gc_after}
+        parts.append(f"{collections:,.0f} full collections, {delta(GC_METRIC + '_sum'):.2f} s"
+                     f" in all, longest {_upper(gc_counts, 1.0)}")
+    else:
+        parts.append("no full garbage collection")
+    return "; ".join(parts)
 
 
 async def wait_for_deliveries(fleet: list[Worker], expected: int, limit_s: float,
@@ -811,8 +856,8 @@ async def measure(name: str, fleet: list[Worker], pid: int, port: int, setup: Se
         published: Counter[str] = Counter()
         client_pids = [w.process.pid for w in fleet if w.process.pid is not None]
         client_before = sum(cpu_seconds(p) for p in client_pids)
-        cpu_before = cpu_seconds(pid)
-        lag_before = await lag_buckets(port)
+        cpu_before = server_cpu(pid)
+        metrics_before = await server_metrics(port)
         machine_before = machine_busy_seconds()
         own_before = cpu_seconds(os.getpid())
         redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
@@ -841,8 +886,8 @@ async def measure(name: str, fleet: list[Worker], pid: int, port: int, setup: Se
             ticking = False
             await ticker
             bar.update(task, completed=delivered(fleet))
-        figures.server_cpu_s = cpu_seconds(pid) - cpu_before
-        figures.server_lag = lag_summary(lag_before, await lag_buckets(port))
+        figures.server_cpu_s = server_cpu(pid) - cpu_before
+        figures.server_lag = server_summary(metrics_before, await server_metrics(port))
         figures.client_cpu_s = (sum(cpu_seconds(p) for p in client_pids) - client_before
                                 + cpu_seconds(os.getpid()) - own_before)
         if redis_pid:
@@ -884,9 +929,9 @@ def run_phase(name: str, phase: int, pid: int, port: int, setup: Setup,
         figures.rss_before = rss(pid)
         per_room = connect_all(fleet, port, setup, args.subscribers, phase, args.connect_budget,
                                figures)
-        idle_before, idle_started = cpu_seconds(pid), time.perf_counter()
+        idle_before, idle_started = server_cpu(pid), time.perf_counter()
         time.sleep(args.idle)
-        figures.idle_cpu_s = cpu_seconds(pid) - idle_before
+        figures.idle_cpu_s = server_cpu(pid) - idle_before
         figures.idle_s = time.perf_counter() - idle_started
         figures.rss_after = rss(pid)
         console.print(f"{name}: {figures.subscribers:,} subscribed in {figures.connect_s:.1f} s"

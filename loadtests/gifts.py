@@ -1,46 +1,75 @@
-"""Gift ledger throughput: the group-committing batcher against one transaction per gift.
+"""Gift throughput: the ledger engine, the whole server over websockets, and a baseline.
 
-    python -m loadtests.gifts [--seconds 10] [--clients 200] [--senders 2000] [--creators 50]
+    python -m loadtests.gifts [--seconds 10] [--clients 1000] [--senders 2000] [--creators 50]
+                              [--viewers 300] [--rate 18] [--streams 100]
+                              [--in-flight 2] [--skip-engine] [--skip-e2e]
 
-Creates a throwaway database (on the server of DATABASE_URL, or an embedded PostgreSQL in a
-temporary directory when it is unset), fills it with senders who hold plenty of coins and
-creators with live streams, then measures, each for the same duration and the same number of
-concurrent clients (each sends a gift, waits for its answer, sends the next):
+Makes throwaway databases (on the server of DATABASE_URL, or an embedded PostgreSQL in a
+temporary directory when it is unset) and, for the end-to-end part, uses REDIS_URL under a key
+prefix of its own (deleted at the end) or an embedded Redis. Each case runs for ``--seconds``.
 
-* the **engine**: ``ledger.batcher.GiftBatcher``, gifts spread over all creators;
-* the engine with **every gift to one streamer** (the hot-spot case);
-* the **baseline**: one transaction per gift that locks the sender's wallet with
-  ``SELECT ... FOR UPDATE``, updates the three balances, inserts the gift, the transfer and its
-  entries, and commits (16 connections), again uniform and single-streamer.
+**Engine** (``ledger.batcher.GiftBatcher`` straight to PostgreSQL, in this process): senders
+holding plenty of coins, creators with live streams, ``--clients`` closed-loop clients (each
+sends a gift, waits for its answer, sends the next), gifts spread over every creator, then every
+gift to one streamer (the hot-spot case). In the same run the **baseline**: one transaction per
+gift that locks the sender's wallet, the creator's earnings and the platform account with
+``SELECT ... FOR UPDATE`` (in id order), updates the three balances, inserts the gift, the
+transfer and its entries and commits (16 connections), uniform and single-streamer.
 
-Prints gifts/s and answer latency percentiles, side by side, and the ratios. The database is
-dropped at the end.
+**End to end**: a real ``livecore serve`` (its own process) and ``--viewers`` websocket
+connections, each logged in as a viewer holding coins (accounts, streams and logins made
+through the HTTP API). Each viewer subscribes to one room and sends ``gift`` messages there
+with fresh ids: one in flight, the next when the ``ack`` is back, at most ``--rate`` a second
+(the server allows a connection 20 messages a second). The latency is from sending the gift to
+its ``ack``, which the server sends after COMMIT. Uniform: the viewers spread over ``--streams``
+live streams; one streamer: every viewer in the same room, gifting that stream. A gifter must be
+subscribed, and every subscriber receives every ``gift.sent``, so the one-streamer case also
+fans each gift out to every viewer: the deliveries are counted and shown. At the end the ledger
+is checked (``ledger.audit.verify_postgres``, and Redis against PostgreSQL), and the gifts in
+the ledger must be exactly the acknowledged ones.
+
+Prints gifts/s and latency percentiles, the ratios, and the issue's goals with whether each is
+met in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import datetime as dt
+import itertools
 import os
 import random
 import secrets
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
+import orjson
+import redis.asyncio as aioredis
 from rich.table import Table
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
-from gateway.embedded import EmbeddedPostgres
-from ledger.batcher import GiftBatcher, GiftOrder
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from ledger.audit import verify_postgres, verify_projection
+from ledger.batcher import MAX_IN_FLIGHT, GiftBatcher, GiftOrder, grant
 from ledger.migrate import migrate
+from ledger.projection import RedisProjection
 from livecore.economy import split
-from loadtests.common import console, percentile, progress
+from livecore.wire import CURRENT_VERSION, SUBPROTOCOL_PREFIX
+from loadtests.common import console, cpu_seconds, free_port, percentile, progress, server_process
 
 COINS_EACH = 10**9
 PRICE = 5
@@ -130,10 +159,13 @@ async def baseline_gift(pool: Any, order: GiftOrder) -> None:
             "UPDATE ledger_accounts a SET balance = a.balance + c.m"
             " FROM unnest($1::bigint[], $2::bigint[]) AS c(id, m) WHERE a.id = c.id",
             ids, amounts)
+        # Only the sender's debit names the gift (as the batcher writes it, and as
+        # `livecore audit verify` checks: one debit per gift).
         await conn.execute(
             "INSERT INTO ledger_entries (transfer_id, account_id, amount, gift_id)"
-            " SELECT $1, a, m, $4 FROM unnest($2::bigint[], $3::bigint[]) AS t(a, m)",
-            transfer, ids, amounts, order.gift_id)
+            " SELECT $1, a, m, g FROM unnest($2::bigint[], $3::bigint[], $4::uuid[])"
+            " AS t(a, m, g)",
+            transfer, ids, amounts, [order.gift_id, None, None])
 
 
 async def run(name: str, seconds: float, clients: int,
@@ -156,11 +188,39 @@ async def run(name: str, seconds: float, clients: int,
     return len(latencies), time.perf_counter() - started, latencies
 
 
-async def bench(url: str, args: argparse.Namespace) -> None:
+# -- the engine and the baseline ---------------------------------------------------------------
+
+#: What went wrong in this run (reported after the figures; the exit status is then 1).
+FAILED: list[str] = []
+
+
+@dataclass
+class Case:
+    """One measured case: how many gifts were answered, in what time, how fast each."""
+
+    label: str
+    count: int
+    seconds: float
+    latencies_s: list[float]
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+    deliveries: int | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def latency_ms(self, fraction: float) -> float:
+        return percentile(self.latencies_s, fraction) * 1000
+
+
+async def engine(url: str, args: argparse.Namespace) -> dict[str, Case]:
     conn = await asyncpg.connect(url)
     await migrate(conn)
     await conn.close()
     pool = await asyncpg.create_pool(url, min_size=16, max_size=16)
+    results: dict[str, Case] = {}
     try:
         senders, streams = await populate(pool, args.senders, args.creators)
         hot = streams[0]
@@ -173,64 +233,393 @@ async def bench(url: str, args: argparse.Namespace) -> None:
             return make_order(random.choice(senders), *hot)
 
         batches: list[int] = []
-        batcher = GiftBatcher(pool, clock=now,
+        batcher = GiftBatcher(pool, clock=now, max_in_flight=args.in_flight,
                               on_batch=lambda size, _s: batches.append(size))
         await batcher.start()
-        results = {}
         for label, pick in (("engine, uniform", uniform), ("engine, one streamer", single)):
-            results[label] = await run(label, args.seconds, args.clients, batcher.send, pick)
+            results[label] = await timed(label, args.seconds, args.clients, batcher.send, pick)
         await batcher.stop()
         for label, pick in (("baseline, uniform", uniform),
                             ("baseline, one streamer", single)):
-            results[label] = await run(label, args.seconds, args.clients,
-                                       lambda order: baseline_gift(pool, order), pick)
-        check = await pool.fetchval(
-            "SELECT count(*) FROM (SELECT transfer_id FROM ledger_entries GROUP BY transfer_id"
-            " HAVING sum(amount) <> 0) t")
-        console.print(f"unbalanced transfers after the run: {check}; mean batch size "
+            results[label] = await timed(label, args.seconds, args.clients,
+                                         lambda order: baseline_gift(pool, order), pick)
+        console.print(f"engine: {len(batches):,} batches, mean batch size "
                       f"{sum(batches) / max(1, len(batches)):.0f} gifts")
+        await check_ledger(pool, expected=sum(c.count for c in results.values()))
     finally:
         await pool.close()
-    table = Table(title=f"Gift ledger: {args.clients} concurrent clients, {args.seconds:.0f} s "
-                        "each")
-    for column in ("case", "gifts/s", "p50 ms", "p95 ms", "p99 ms", "× baseline"):
-        table.add_column(column, justify="right" if column != "case" else "left")
-    rates = {label: count / elapsed for label, (count, elapsed, _l) in results.items()}
-    for label, (_count, _elapsed, latencies) in results.items():
-        ordered = sorted(latencies)
-        kind = label.split(", ")[1]
-        base = rates[f"baseline, {kind}"]
-        table.add_row(label, f"{rates[label]:,.0f}",
-                      *(f"{percentile(ordered, f) * 1000:.1f}" for f in (0.5, 0.95, 0.99)),
-                      f"{rates[label] / base:.1f}")
+    return results
+
+
+async def timed(name: str, seconds: float, clients: int,
+                send: Callable[[GiftOrder], Awaitable[Any]],
+                pick: Callable[[], GiftOrder]) -> Case:
+    count, elapsed, latencies = await run(name, seconds, clients, send, pick)
+    latencies.sort()
+    return Case(name, count, elapsed, latencies)
+
+
+async def check_ledger(pool: Any, *, expected: int, unanswered: int = 0,
+                       projection: RedisProjection | None = None) -> None:
+    """Every invariant of ``livecore audit verify``, and the acknowledged gifts stored (plus,
+    at most, those whose answer never came: they may have committed)."""
+    # Fresh statistics first: right after a bulk load the planner would otherwise join the
+    # audit's gift and entry scans with nested loops (minutes instead of seconds).
+    await pool.execute("ANALYZE gifts, ledger_entries, ledger_transfers, ledger_accounts")
+    checks = await verify_postgres(pool)
+    if projection is not None:
+        checks.append(await verify_projection(pool, projection))
+    stored = await pool.fetchval("SELECT count(*) FROM gifts")
+    failed = [c.name for c in checks if not c.ok]
+    if failed or not expected <= stored <= expected + unanswered:
+        console.print(f"[bold red]LEDGER CHECK FAILED[/]: {failed or 'invariants hold'}; "
+                      f"{stored:,} gifts stored, {expected:,} acknowledged")
+        for check in checks:
+            for example in check.examples:
+                console.print(f"  {check.name}: {example}")
+        FAILED.append("ledger check")
+        return
+    console.print(f"ledger verified: {len(checks)} checks hold, {stored:,} gifts stored = "
+                  f"{expected:,} acknowledged")
+
+
+# -- end to end: livecore serve over websockets ----------------------------------------------
+
+
+class GiftSocket:
+    """One viewer's websocket: requests matched with their answers by id; room events are
+    counted, not kept (the stock ``gateway.client.HubClient`` keeps every message)."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.deliveries = 0
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, token: str) -> GiftSocket:
+        connection = await connect(
+            url, additional_headers={"Authorization": f"Bearer {token}"},
+            subprotocols=[Subprotocol(f"{SUBPROTOCOL_PREFIX}{CURRENT_VERSION}")],
+            compression=None, max_size=2**20, open_timeout=30)
+        await connection.recv()  # hello
+        return cls(connection)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.connection:
+                message = orjson.loads(raw)
+                kind = message["type"]
+                if kind == "gift.sent":
+                    self.deliveries += 1
+                elif kind in ("ack", "error"):
+                    waiter = self._waiting.pop(message.get("id", ""), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("connection closed"))
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        message_id = f"r{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[message_id] = future
+        try:
+            await self.connection.send(orjson.dumps({**message, "id": message_id}).decode())
+            async with asyncio.timeout(30):
+                return await future
+        finally:
+            self._waiting.pop(message_id, None)
+
+    async def close(self) -> None:
+        await self.connection.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+@dataclass
+class Stage:
+    viewers: list[str]  # their tokens
+    streams: list[str]
+
+
+async def stage(base: str, pool: Any, *, viewers: int, streams: int) -> Stage:
+    """Creators with live streams, and viewers holding coins, through the HTTP API."""
+    password = "gift load test password"
+    gate = asyncio.Semaphore(8)  # registration hashes a password: not all at once
+
+    async def account(http: aiohttp.ClientSession, name: str) -> tuple[str, str]:
+        async with gate:
+            body = {"username": name, "password": password, "birthdate": "1990-01-01"}
+            async with http.post("/api/v1/auth/register", json=body) as response:
+                user = await response.json()
+                if response.status != 201:
+                    raise SystemExit(f"register failed: {user}")
+            async with http.post("/api/v1/auth/login",
+                                 json={"username": name, "password": password}) as response:
+                return user["id"], (await response.json())["token"]
+
+    async def creator(http: aiohttp.ClientSession, index: int) -> str:
+        _, token = await account(http, f"giftc{index}x{secrets.token_hex(3)}")
+        headers = {"Authorization": f"Bearer {token}"}
+        await (await http.post("/api/v1/me/creator", headers=headers)).read()
+        async with http.post("/api/v1/streams", headers=headers,
+                             json={"title": f"Gift load {index}"}) as response:
+            return str((await response.json())["id"])
+
+    async with aiohttp.ClientSession(base) as http:
+        stream_ids = await asyncio.gather(*(creator(http, i) for i in range(streams)))
+        people = await asyncio.gather(*(account(http, f"giftv{i}x{secrets.token_hex(3)}")
+                                        for i in range(viewers)))
+    # Streams go live when media arrives; the load has no media, so it says so directly.
+    await pool.execute("UPDATE streams SET state = 'live', started_at = now()"
+                       " WHERE id = ANY($1::uuid[])", [uuid.UUID(s) for s in stream_ids])
+    for user_id, _ in people:
+        await grant(pool, grant_id=uuid.uuid4(), user_id=uuid.UUID(user_id), coins=COINS_EACH,
+                    memo="gift load test", actor_id=None, now=now())
+    return Stage([token for _, token in people], list(stream_ids))
+
+
+async def e2e_case(label: str, ws_url: str, setup: Stage, rooms: list[str], *, rate: float,
+                   seconds: float, pid: int) -> Case:
+    """Viewer ``i`` subscribes to ``rooms[i % len(rooms)]`` and gifts there: one gift in flight,
+    the next sent when the ack is back but no sooner than ``1 / rate`` seconds after the
+    previous one (the server allows a connection 20 messages/s), for ``seconds``."""
+    opened = await asyncio.gather(*(GiftSocket.open(ws_url, t) for t in setup.viewers))
+    sockets = [(sock, rooms[i % len(rooms)]) for i, sock in enumerate(opened)]
+    case = Case(label, 0, 0.0, [])
+    try:
+        for sock, room in sockets:
+            reply = await sock.request({"type": "subscribe", "room": room})
+            if reply["type"] != "ack":
+                raise SystemExit(f"subscribe failed: {reply}")
+        await asyncio.sleep(1)  # the subscribe's message refills the connection's budget
+        cpu_before, own_before = cpu_seconds(pid), cpu_seconds(os.getpid())
+        started = time.perf_counter()
+        deadline = started + seconds
+        with progress() as bar:
+            task = bar.add_task(f"{label:>26}", total=None)
+
+            async def viewer(sock: GiftSocket, room: str) -> None:
+                # Start spread over one interval, so the viewers do not send in lockstep.
+                due = time.perf_counter() + random.random() / rate
+                while True:
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                    sent = time.perf_counter()
+                    if sent >= deadline:
+                        return
+                    due = max(sent, due + 1 / rate)
+                    try:
+                        reply = await sock.request({"type": "gift", "room": room,
+                                                    "gift_id": str(uuid.uuid4()), "gift": "rose"})
+                    except (TimeoutError, ConnectionError, ConnectionClosed) as exc:
+                        case.errors[type(exc).__name__] += 1
+                        if isinstance(exc, ConnectionClosed):
+                            return
+                        continue
+                    if reply["type"] == "ack" and reply["result"]["replayed"] is False:
+                        case.latencies_s.append(time.perf_counter() - sent)
+                        bar.advance(task)
+                    else:
+                        case.errors[reply.get("code", "unexpected answer")] += 1
+
+            await asyncio.gather(*(viewer(sock, room) for sock, room in sockets))
+        case.seconds = time.perf_counter() - started
+        case.server_cpu_s = cpu_seconds(pid) - cpu_before
+        case.client_cpu_s = cpu_seconds(os.getpid()) - own_before
+        await asyncio.sleep(1)  # the last gifts' events are still on their way
+        case.deliveries = sum(sock.deliveries for sock, _ in sockets)
+    finally:
+        await asyncio.gather(*(sock.close() for sock, _ in sockets))
+    case.count = len(case.latencies_s)
+    case.latencies_s.sort()
+    return case
+
+
+async def e2e(server_url: str, redis_url: str, args: argparse.Namespace) -> dict[str, Case]:
+    name = f"livecore_bench_{secrets.token_hex(4)}"
+    prefix = f"giftbench{secrets.token_hex(4)}:"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+    results: dict[str, Case] = {}
+    try:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVECORE_")}
+        env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PORT=str(port),
+                   LIVECORE_REDIS_PREFIX=prefix, LIVECORE_LOG_LEVEL="WARNING")
+        command = [os.path.join(os.path.dirname(sys.executable), "livecore"), "serve"]
+        redis = aioredis.from_url(redis_url)
+        try:
+            with server_process(command, env=env, port=port) as pid:
+                pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+                try:
+                    setup = await stage(f"http://127.0.0.1:{port}", pool,
+                                        viewers=args.viewers, streams=args.streams)
+                    ws_url = f"ws://127.0.0.1:{port}/ws"
+                    for label, rooms in (("end to end, uniform", setup.streams),
+                                         ("end to end, one streamer", setup.streams[:1])):
+                        results[label] = await e2e_case(label, ws_url, setup, rooms,
+                                                        rate=args.rate, seconds=args.seconds,
+                                                        pid=pid)
+                    await check_ledger(
+                        pool, expected=sum(c.count for c in results.values()),
+                        unanswered=sum(c.errors["TimeoutError"] + c.errors["ConnectionError"]
+                                       + c.errors["ConnectionClosedError"]
+                                       + c.errors["ConnectionClosedOK"]
+                                       for c in results.values()),
+                        projection=RedisProjection(redis, prefix))
+                finally:
+                    await pool.close()
+        finally:  # once the server is gone, so nothing writes them again
+            async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+                await redis.delete(key)
+            await redis.aclose()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    return results
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def report(results: dict[str, Case], args: argparse.Namespace) -> None:
+    console.width = max(console.width, 150)  # the table is wide; keep it whole in a log
+    table = Table(title="Gifts: engine and baseline with "
+                        f"{args.clients} closed-loop clients; end to end with {args.viewers} "
+                        f"viewers at up to {args.rate:g} gifts/s each; {args.seconds:.0f} s each")
+    for column in ("case", "gifts/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                   "server CPU µs/gift", "server CPU %", "load generator CPU %",
+                   "gift.sent deliveries/s"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for case in results.values():
+        errors = sum(case.errors.values())
+        table.add_row(
+            case.label, f"{case.per_second:,.0f}",
+            *(f"{case.latency_ms(f):.1f}" for f in (0.5, 0.95, 0.99)),
+            f"{errors:,}" + (f" {dict(case.errors)}" if errors else ""),
+            "-" if case.server_cpu_s is None or not case.count
+            else f"{case.server_cpu_s / case.count * 1e6:,.0f}",
+            *("-" if cpu is None else f"{cpu / case.seconds:.0%}"
+              for cpu in (case.server_cpu_s, case.client_cpu_s)),
+            "-" if case.deliveries is None else f"{case.deliveries / case.seconds:,.0f}")
     console.print(table)
-    console.print(
-        f"one streamer / uniform (engine): "
-        f"{rates['engine, one streamer'] / rates['engine, uniform']:.2f}")
+
+    def rate(label: str) -> float | None:
+        case = results.get(label)
+        return case.per_second if case is not None else None
+
+    ratios = Table(title="Ratios")
+    ratios.add_column("ratio")
+    ratios.add_column("value", justify="right")
+    goals = Table(title="The issue's goals, on this run")
+    for column in ("goal", "measured", "met"):
+        goals.add_column(column)
+    for kind in ("uniform", "one streamer"):
+        engine_rate, base = rate(f"engine, {kind}"), rate(f"baseline, {kind}")
+        if engine_rate is not None and base:
+            ratios.add_row(f"engine / baseline, {kind}", f"{engine_rate / base:.1f}")
+        if engine_rate is not None and base and kind == "uniform":
+            goals.add_row("engine ≥ 20,000 gifts/s", f"{engine_rate:,.0f}",
+                          _yes(engine_rate >= 20_000))
+            goals.add_row("engine ≥ 5 × baseline", f"{engine_rate / base:.1f} ×",
+                          _yes(engine_rate >= 5 * base))
+    for prefix in ("engine", "end to end"):
+        uniform, single = rate(f"{prefix}, uniform"), rate(f"{prefix}, one streamer")
+        if uniform and single is not None:
+            ratios.add_row(f"{prefix}: one streamer / uniform", f"{single / uniform:.2f}")
+    e2e_uniform = results.get("end to end, uniform")
+    e2e_single = results.get("end to end, one streamer")
+    engine_uniform = rate("engine, uniform")
+    if e2e_uniform is not None:
+        if engine_uniform:
+            ratios.add_row("end to end / engine, uniform",
+                           f"{e2e_uniform.per_second / engine_uniform:.2f}")
+        goals.add_row("end to end ≥ 5,000 gifts/s", f"{e2e_uniform.per_second:,.0f}",
+                      _yes(e2e_uniform.per_second >= 5_000))
+        p99 = e2e_uniform.latency_ms(0.99)
+        goals.add_row("end to end p99 ack < 50 ms", f"{p99:.1f} ms", _yes(p99 < 50))
+        if e2e_single is not None and e2e_uniform.per_second:
+            share = e2e_single.per_second / e2e_uniform.per_second
+            goals.add_row("one streamer ≥ 80% of uniform (end to end)", f"{share:.0%}",
+                          _yes(share >= 0.8))
+    console.print(ratios)
+    console.print(goals)
+
+
+def _yes(met: bool) -> str:
+    return "[green]yes[/]" if met else "[red]no[/]"
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """REDIS_URL, or an embedded Redis in a temporary directory."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    embedded = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="livecore-bench-")) / "redis")
+    embedded.start()
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
 
 
 async def main(args: argparse.Namespace) -> None:
-    name = f"livecore_bench_{secrets.token_hex(4)}"
     server_url = os.environ.get("DATABASE_URL")
     embedded = None
     if server_url is None:
         embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="livecore-bench-")) / "pg")
         server_url = embedded.start()
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    results: dict[str, Case] = {}
     try:
-        await bench(urlunsplit(urlsplit(server_url)._replace(path="/" + name)), args)
+        if not args.skip_engine:
+            name = f"livecore_bench_{secrets.token_hex(4)}"
+            admin = await asyncpg.connect(server_url)
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            try:
+                results.update(await engine(
+                    urlunsplit(urlsplit(server_url)._replace(path="/" + name)), args))
+            finally:
+                await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                await admin.close()
+        if not args.skip_e2e:
+            with redis_server() as redis_url:
+                results.update(await e2e(server_url, redis_url, args))
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
         if embedded is not None:
             embedded.stop()
+    report(results, args)
+    if FAILED:
+        raise SystemExit(f"FAILED: {', '.join(FAILED)}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--senders", type=int, default=2000)
-    parser.add_argument("--creators", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=1000,
+                        help="engine and baseline: closed-loop clients")
+    parser.add_argument("--senders", type=int, default=2000,
+                        help="engine and baseline: distinct senders")
+    parser.add_argument("--creators", type=int, default=50,
+                        help="engine and baseline: creators with a live stream")
+    parser.add_argument("--in-flight", type=int, default=MAX_IN_FLIGHT,
+                        help="engine: batches committing at once")
+    parser.add_argument("--viewers", type=int, default=300,
+                        help="end to end: websocket connections, one gifting viewer each")
+    parser.add_argument("--rate", type=float, default=18.0,
+                        help="end to end: most gifts/s per viewer (the server allows 20"
+                             " messages/s per connection)")
+    parser.add_argument("--streams", type=int, default=100,
+                        help="end to end: live streams in the uniform case")
+    parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--skip-e2e", action="store_true")
     asyncio.run(main(parser.parse_args()))

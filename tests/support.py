@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
+import random
 import shutil
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator, FormatChecker
+
+from ledger.batcher import grant
 
 PASSWORD = "correct horse battery"
 
@@ -107,3 +113,71 @@ class ApiClient:
         response, body = await self.request("POST", "/api/v1/me/creator", token=token)
         assert response.status == 200, body
         return body, token
+
+
+async def live_stream_with_viewers(base: str, pool: Any, *, viewers: int, coins: int,
+                                   title: str) -> tuple[str, list[tuple[str, str]]]:
+    """Through a running server's API: a creator's stream (set live in the database) and
+    ``viewers`` logged-in users with ``coins`` granted each; (stream id, [(user id, token)])."""
+    async with aiohttp.ClientSession(base) as http:
+        async def user() -> tuple[str, str]:
+            name = f"u{uuid.uuid4().hex[:12]}"
+            async with http.post("/api/v1/auth/register", json={
+                    "username": name, "password": PASSWORD, "birthdate": "1990-01-01"}) as r:
+                assert r.status == 201, await r.text()
+                uid = (await r.json())["id"]
+            async with http.post("/api/v1/auth/login",
+                                 json={"username": name, "password": PASSWORD}) as r:
+                return uid, (await r.json())["token"]
+
+        _, creator_token = await user()
+        headers = {"Authorization": f"Bearer {creator_token}"}
+        async with http.post("/api/v1/me/creator", headers=headers) as r:
+            assert r.status == 200, await r.text()
+        async with http.post("/api/v1/streams", headers=headers, json={"title": title}) as r:
+            stream = (await r.json())["id"]
+        users = [await user() for _ in range(viewers)]
+    await pool.execute("UPDATE streams SET state = 'live', started_at = now() WHERE id = $1",
+                       uuid.UUID(stream))
+    for uid, _ in users:
+        await grant(pool, grant_id=uuid.uuid4(), user_id=uuid.UUID(uid), coins=coins, memo="",
+                    actor_id=None, now=dt.datetime.now(dt.UTC))
+    return stream, users
+
+
+async def seed_live_stream(pool: Any, *, coins: int) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """Straight into the database: a creator with a live stream, a viewer with ``coins``
+    granted, and the gift type ``rose`` (1 coin); returns (creator, viewer, stream)."""
+    creator, viewer, stream = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.executemany(
+        "INSERT INTO users (id, username, password_hash, birthdate, roles, created_at)"
+        " VALUES ($1, $2, 'x', '1990-01-01', '{viewer}', now())",
+        [(creator, "creator1"), (viewer, "viewer1")])
+    await pool.execute("INSERT INTO streams (id, creator_id, title, stream_key, created_at,"
+                       " state, started_at) VALUES ($1, $2, 't', 'k', now(), 'live', now())",
+                       stream, creator)
+    await pool.execute("INSERT INTO gift_types VALUES ('rose', 'Rose', 1, true, 'rose', true,"
+                       " now())")
+    await grant(pool, grant_id=uuid.uuid4(), user_id=viewer, coins=coins, memo="",
+                actor_id=None, now=dt.datetime.now(dt.UTC))
+    return creator, viewer, stream
+
+
+async def gift_until_answered(http: aiohttp.ClientSession, stream: str) -> tuple[str, int]:
+    """``POST /api/v1/gifts`` of one rose (random quantity), retried with the same gift id
+    through 503s and dropped connections until it is answered; (gift id, failed attempts)."""
+    gift_id = str(uuid.uuid4())
+    body = {"gift_id": gift_id, "stream_id": stream, "gift": "rose",
+            "quantity": random.randint(1, 5)}
+    failed = 0
+    for _attempt in range(400):
+        try:
+            async with http.post("/api/v1/gifts", json=body) as response:
+                if response.status in (200, 201):
+                    return gift_id, failed
+                assert response.status == 503, await response.text()
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        failed += 1
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gift {gift_id} was never answered")

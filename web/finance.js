@@ -140,6 +140,7 @@ async function loadReconciliation() {
   }
   status.dataset.state = body.ok ? "ok" : "failed";
   status.textContent = body.ok ? "All checks pass." : "Some checks FAILED.";
+  showLastPass(body.last_pass);
   list.replaceChildren(...body.checks.map((check) => {
     const item = document.createElement("li");
     item.className = "check";
@@ -165,6 +166,21 @@ async function loadReconciliation() {
     return item;
   }));
   return true;
+}
+
+// The worker's last periodic pass (Redis against the ledger, repaired where it differed).
+function showLastPass(pass) {
+  const last = el("recon-last");
+  if (!pass) {
+    last.dataset.state = "";
+    last.textContent = "No reconciliation pass has run yet (the worker runs one periodically).";
+    return;
+  }
+  const at = new Date(pass.finished_at).toLocaleString();
+  last.dataset.state = pass.differences_found ? "failed" : "ok";
+  last.textContent = `Last reconciliation pass: ${at}, ${pass.streams_checked} stream(s) ` +
+    `checked, ${pass.differences_found} difference(s) found, ` +
+    `${pass.differences_repaired} repaired.`;
 }
 
 // -- balances ---------------------------------------------------------------------------------
@@ -395,7 +411,17 @@ async function downloadCsv() {
   try {
     const response = await request(`/api/v1/finance/journal.csv?${journalFilters()}`,
       { accept: "text/csv" });
-    const blob = await response.blob();
+    let blob;
+    try {
+      blob = await response.blob();
+    } catch {
+      // The server cut the export short (it ends without the chunked encoding's last
+      // chunk when the database fails mid-way): nothing partial is offered for saving.
+      status.dataset.state = "error";
+      status.textContent = "The export was cut short by a server error; nothing was saved. " +
+        "Try again.";
+      return;
+    }
     if (csvUrl) URL.revokeObjectURL(csvUrl);
     csvUrl = URL.createObjectURL(blob);
     csvLink.href = csvUrl;

@@ -22,40 +22,13 @@ from ledger.batcher import GiftBatcher, GiftOrder, grant
 from ledger.projection import RedisProjection
 from livecore.economy import split
 from tests.processes import BIN, Background, environment, free_port
-from tests.support import PASSWORD
+from tests.support import gift_until_answered, live_stream_with_viewers
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 12
 GIFTS_EACH = 25
 KILLS = 3
-
-
-async def _setup(base: str, pool) -> tuple[str, list[tuple[str, str]]]:
-    """A live stream and CLIENTS viewers with coins; returns (stream id, [(user id, token)])."""
-    async with aiohttp.ClientSession(base) as http:
-        async def user() -> tuple[str, str]:
-            name = f"u{uuid.uuid4().hex[:12]}"
-            async with http.post("/api/v1/auth/register", json={
-                    "username": name, "password": PASSWORD, "birthdate": "1990-01-01"}) as r:
-                uid = (await r.json())["id"]
-            async with http.post("/api/v1/auth/login",
-                                 json={"username": name, "password": PASSWORD}) as r:
-                return uid, (await r.json())["token"]
-
-        _, creator_token = await user()
-        headers = {"Authorization": f"Bearer {creator_token}"}
-        async with http.post("/api/v1/me/creator", headers=headers):
-            pass
-        async with http.post("/api/v1/streams", headers=headers, json={"title": "crash"}) as r:
-            stream = (await r.json())["id"]
-        viewers = [await user() for _ in range(CLIENTS)]
-    await pool.execute("UPDATE streams SET state = 'live', started_at = now() WHERE id = $1",
-                       uuid.UUID(stream))
-    for uid, _ in viewers:
-        await grant(pool, grant_id=uuid.uuid4(), user_id=uuid.UUID(uid), coins=10_000, memo="",
-                    actor_id=None, now=dt.datetime.now(dt.UTC))
-    return stream, viewers
 
 
 async def test_kill_9_under_gift_load_loses_and_doubles_nothing(fresh_database, backend):
@@ -66,37 +39,34 @@ async def test_kill_9_under_gift_load_loses_and_doubles_nothing(fresh_database, 
     base = f"http://127.0.0.1:{port}"
     pool = await asyncpg.create_pool(fresh_database, min_size=1, max_size=3)
     acked: set[str] = set()
+    under_way = asyncio.Event()  # set once about one gift per client is acknowledged
     interrupted = 0  # requests that died with the server: the crashes hit gifts in flight
     server = Background([str(BIN / "livecore"), "serve"], env)
     try:
         server.wait_for("Livecore serving on", timeout=90)
-        stream, viewers = await _setup(base, pool)
+        stream, viewers = await live_stream_with_viewers(base, pool, viewers=CLIENTS,
+                                                          coins=10_000, title="crash")
 
         async def client(token: str) -> None:
             nonlocal interrupted
             headers = {"Authorization": f"Bearer {token}"}
             async with aiohttp.ClientSession(base, headers=headers) as http:
                 for _ in range(GIFTS_EACH):
-                    gift_id = str(uuid.uuid4())
-                    body = {"gift_id": gift_id, "stream_id": stream, "gift": "rose",
-                            "quantity": random.randint(1, 5)}
-                    for _attempt in range(400):  # retry with the same id until answered
-                        try:
-                            async with http.post("/api/v1/gifts", json=body) as response:
-                                if response.status in (200, 201):
-                                    acked.add(gift_id)
-                                    break
-                                assert response.status == 503, await response.text()
-                        except (TimeoutError, aiohttp.ClientError):
-                            interrupted += 1
-                        await asyncio.sleep(0.05)
-                    else:
-                        raise AssertionError("a gift was never answered")
+                    gift_id, failed = await gift_until_answered(http, stream)
+                    interrupted += failed
+                    acked.add(gift_id)
+                    if len(acked) >= CLIENTS:
+                        under_way.set()
 
         async def killer() -> None:
             nonlocal server
-            for _ in range(KILLS):
-                await asyncio.sleep(random.uniform(0.3, 0.8))
+            for kill in range(KILLS):
+                if kill == 0:
+                    # The first crash must land mid-load however fast the gifts go (the whole
+                    # load can take under half a second): once about one gift per client is in.
+                    await under_way.wait()
+                else:
+                    await asyncio.sleep(random.uniform(0.3, 0.8))
                 server.process.send_signal(signal.SIGKILL)
                 server.process.wait()
                 server.__exit__(None, None, None)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from gateway.services import Services
+from ledger.reconciler import Reconciler, lock_key
 from tests.hub.conftest import Node, send_gift
 from tests.support import CHROMIUM_ARGS, PASSWORD, chromium_path
 
@@ -34,8 +36,14 @@ def page_errors(page: Page) -> list[str]:
 
 
 async def test_finance_page_shows_reconciliation_statement_journal_and_csv(
-        node: Node, economy: dict[str, str], tmp_path: Path) -> None:
+        node: Node, economy: dict[str, str], tmp_path: Path, services: Services) -> None:
     api, room = node.api, economy["stream"]
+    # A reconciliation pass, as the worker runs it; the page shows its report.
+    prefix = services.settings.redis_prefix
+    await services.redis.delete(lock_key(prefix))
+    last_pass = await Reconciler(services.pool, services.redis, prefix=prefix, interval_s=60,
+                                 clock=services.clock, confirm_delay_s=0.05).run_pass()
+    assert last_pass is not None
     for gift, quantity in (("heart", 2), ("rose", 3), ("rose", 1)):
         await send_gift(api, economy["viewer"], room, gift, quantity)
     response, statement = await api.request(
@@ -63,6 +71,11 @@ async def test_finance_page_shows_reconciliation_statement_journal_and_csv(
             assert await checks.count() > 0
             for badge in await checks.locator(".badge").all_text_contents():
                 assert badge == "ok"
+            await expect(page.locator("#recon-last")).to_contain_text(
+                "Last reconciliation pass: ", timeout=WAIT_MS)
+            await expect(page.locator("#recon-last")).to_contain_text(
+                f"{last_pass.streams_checked} stream(s) checked, "
+                f"{last_pass.differences_found} difference(s) found")
 
             # Balances: one total per account kind, plus the sum.
             await expect(page.locator("#balances tbody tr")).to_have_count(5, timeout=WAIT_MS)

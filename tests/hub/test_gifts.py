@@ -1,6 +1,7 @@
 """Gifts end to end: HTTP and websocket, the ledger, and the room."""
 
 import asyncio
+import datetime as dt
 import uuid
 
 import pytest
@@ -133,8 +134,10 @@ async def test_projection_counts_each_gift_once_and_rebuilds_after_loss(node, ec
     again = await projection.apply(gift_id=uuid.UUID(first["gift_id"]),
                                    stream_id=uuid.UUID(room),
                                    creator_id=uuid.UUID(economy["creator_id"]),
-                                   sender_id=uuid.UUID(economy["viewer_id"]), coins=10)
-    assert again is False
+                                   sender_id=uuid.UUID(economy["viewer_id"]), coins=10,
+                                   at=dt.datetime.fromisoformat(first["created_at"]),
+                                   gift="heart", quantity=2, streakable=True)
+    assert again.counted is False and again.combo is None
     # Redis loses the stream's keys: a reconciliation reports and repairs the difference.
     keys = [k async for k in services.redis.scan_iter(match=f"*proj:stream:{{{room}}}*")]
     await services.redis.delete(*keys)

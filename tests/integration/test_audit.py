@@ -6,27 +6,16 @@ import uuid
 import asyncpg
 import redis.asyncio as aioredis
 
-from ledger.batcher import GiftBatcher, GiftOrder, grant
+from ledger.batcher import GiftBatcher, GiftOrder
 from ledger.projection import RedisProjection
 from tests.processes import environment, run
+from tests.support import seed_live_stream
 
 
 async def _fill(url, redis_url, prefix):
     """A live stream with a few committed (and projected) gifts."""
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
-    creator, viewer, stream = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await pool.executemany(
-        "INSERT INTO users (id, username, password_hash, birthdate, roles, created_at)"
-        " VALUES ($1, $2, 'x', '1990-01-01', '{viewer}', now())",
-        [(creator, "creator1"), (viewer, "viewer1")])
-    await pool.execute("INSERT INTO streams (id, creator_id, title, stream_key, created_at,"
-                       " state, started_at) VALUES ($1, $2, 't', 'k', now(), 'live', now())",
-                       stream, creator)
-    await pool.execute("INSERT INTO gift_types VALUES ('rose', 'Rose', 1, true, 'rose', true,"
-                       " now())")
-    now = dt.datetime.now(dt.UTC)
-    await grant(pool, grant_id=uuid.uuid4(), user_id=viewer, coins=100, memo="", actor_id=None,
-                now=now)
+    creator, viewer, stream = await seed_live_stream(pool, coins=100)
     batcher = GiftBatcher(pool, clock=lambda: dt.datetime.now(dt.UTC))
     await batcher.start()
     client = aioredis.from_url(redis_url)
@@ -35,7 +24,8 @@ async def _fill(url, redis_url, prefix):
         outcome = await batcher.send(GiftOrder(uuid.uuid4(), viewer, stream, creator, "rose",
                                                price, price, price - price // 2, price // 2))
         await projection.apply(gift_id=outcome.order.gift_id, stream_id=stream,
-                               creator_id=creator, sender_id=viewer, coins=price)
+                               creator_id=creator, sender_id=viewer, coins=price,
+                               at=outcome.created_at)
     await batcher.stop()
     await client.aclose()
     return pool, stream

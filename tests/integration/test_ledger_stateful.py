@@ -112,7 +112,8 @@ def make_machine(database_url: str, redis_url: str, prefix: str) -> type[RuleBas
                                         stream_id=outcome.order.stream_id,
                                         creator_id=outcome.order.creator_id,
                                         sender_id=outcome.order.sender_id,
-                                        coins=outcome.order.price)
+                                        coins=outcome.order.price,
+                                        at=outcome.created_at)
             return outcome
 
         # -- rules -------------------------------------------------------------------------
