@@ -28,7 +28,7 @@ import resource
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from prometheus_client import start_http_server
 
 from gateway import auth
 from gateway.app import create_app
+from gateway.collector import CollectorPolicy
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServers
 from gateway.http import METRICS_KEY
 from gateway.logs import configure_logging
@@ -160,6 +161,7 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
     shared_port = extra_process or settings.processes > 1
     others: ServingProcesses | None = None
     background: list[asyncio.Task[None]] = []
+    undo_collector: Callable[[], None] | None = None
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
@@ -174,9 +176,13 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
             others.start()
             background.append(asyncio.create_task(others.supervise()))
         # Everything allocated so far lives as long as the process: keep it out of the
-        # collector's full passes, which otherwise stop the loop longer as the heap grows.
+        # collector's full passes, which otherwise stop the loop longer as the heap grows;
+        # later, the survivors of each full pass (gateway/collector.py).
         gc.collect()
         gc.freeze()
+        collector = CollectorPolicy()
+        background.append(asyncio.create_task(collector.run()))
+        undo_collector = collector.install()
         shown = f"[{host}]" if ":" in host else host
         if extra_process:
             log.info("serving process started", extra={"port": port, "pid": os.getpid()})
@@ -189,6 +195,8 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
         if not extra_process:
             say("Stopping: finishing requests in flight...")
     finally:
+        if undo_collector is not None:
+            undo_collector()
         for task in background:
             task.cancel()
         # Stops accepting, lets handlers in flight finish (up to the timeout), closes sockets.

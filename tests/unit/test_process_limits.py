@@ -5,6 +5,7 @@ import logging
 import resource
 
 from gateway.cli import raise_open_file_limit
+from gateway.collector import CollectorPolicy
 from gateway.hub import connection_cap
 from gateway.logs import ACCEPT_FAILED, RepeatFilter
 from gateway.metrics import Metrics
@@ -52,3 +53,27 @@ def test_full_collections_are_timed():
     assert metrics.registry.get_sample_value("livecore_gc_full_pause_seconds_count") == 2
     pauses = metrics.registry.get_sample_value("livecore_gc_full_pause_seconds_sum")
     assert pauses is not None and pauses > 0
+
+
+def test_survivors_of_full_collections_are_frozen_and_handed_back_once_per_interval():
+    now = [0.0]
+    policy = CollectorPolicy(unfreeze_interval_s=600, clock=lambda: now[0])
+    undo = policy.install()
+    frozen_before = gc.get_freeze_count()
+    try:
+        assert policy.step() is None  # no full collection yet: nothing to do
+        gc.collect(1)
+        assert policy.step() is None  # a young collection is not one
+        gc.collect()
+        assert policy.step() == "freeze"
+        assert gc.get_freeze_count() > frozen_before
+        assert policy.step() is None  # once per full collection
+        now[0] = 601.0
+        gc.collect()
+        assert policy.step() == "unfreeze"
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert policy.step() == "freeze"  # the interval starts again
+    finally:
+        undo()
+        gc.unfreeze()
