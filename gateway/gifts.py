@@ -1,9 +1,15 @@
 """Sending gifts: pricing from the catalogue, the batcher, then the room.
 
 The server prices every gift from its catalogue and the creator's terms; a client only names
-the gift, the quantity and the id it chose. The sender is answered after COMMIT; only then is
-the gift published to the room (``gift.sent``, with the combo count), so a room never shows a
-gift that is not in the ledger.
+the gift, the quantity and the id it chose. A gift is in a room only after COMMIT: it is
+counted in the Redis projection, its sender is answered, then it is published to the room
+(``gift.sent``, with the combo count), so a room never shows a gift that is not in the ledger.
+
+Pricing costs no database round trip per gift: the catalogue, live streams (their creator)
+and creators' terms are cached per process for a few seconds. A stale cache cannot let a gift
+into a stream that ended: the batcher's transaction checks (and share-locks) the stream and
+refuses the gift (``stream_not_live``) if it is not live. A change of terms applies after at
+most :data:`CREATOR_TERMS_TTL_S`.
 
 After COMMIT the gift is applied to the Redis projection (``ledger/projection.py``: totals,
 boards, the combo, the goal, once per gift id), and the room gets, in this order: the end of
@@ -12,6 +18,11 @@ the sender's previous combo of that gift if this gift found it lapsed
 stream's goal, and, coalesced, ``leaderboard.updated``: at most one per room per
 :data:`BOARD_EVENT_INTERVAL_S` per node, the last one always carrying the latest board. A
 per-node task ends the combos whose window lapsed (each claimed by exactly one node).
+
+That Redis work is done per group of committed gifts (a batch's gifts come back together),
+by one task: one script call applies the whole group, the senders are answered, one more
+publishes the group's room events. So the round trips are per group rather than per gift,
+and a room's events keep the commit order.
 """
 
 from __future__ import annotations
@@ -28,9 +39,16 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from ledger.batcher import GiftBatcher, GiftOrder, GiftOutcome
+from ledger.batcher import GiftBatcher, GiftOrder, GiftOutcome, StreamNotLive
 from ledger.postgres import UNAVAILABLE_ERRORS
-from ledger.projection import Applied, EndedCombo, GoalRecord, RedisProjection, postgres_goal
+from ledger.projection import (
+    Applied,
+    EndedCombo,
+    GiftToApply,
+    GoalRecord,
+    RedisProjection,
+    postgres_goal,
+)
 from livecore.accounts import Account
 from livecore.economy import (
     DEFAULT_CATALOGUE,
@@ -48,6 +66,14 @@ from livecore.streams import Stream, StreamState
 log = logging.getLogger(__name__)
 
 CATALOGUE_TTL_S = 10.0
+#: A live stream's creator is cached this long per process (whether it is still live is
+#: decided by the batcher's transaction, not by this cache).
+STREAM_CACHE_TTL_S = 5.0
+#: A creator's terms (``creator_terms.platform_cut_bp``) are cached this long per process, so
+#: a change of terms applies to the gifts priced after at most this long.
+CREATOR_TERMS_TTL_S = 10.0
+#: Entries kept in each of those caches before they are emptied.
+MAX_CACHED = 100_000
 PROJECTION_CHECK_S = 2.0
 #: How often each node looks for combos whose window lapsed.
 COMBO_SCAN_S = 0.25
@@ -64,6 +90,16 @@ class GiftRequest:
     stream_id: StreamId
     slug: str
     quantity: int
+
+
+@dataclass(frozen=True)
+class _Settling:
+    """A committed gift waiting for its Redis work, and its sender's answer."""
+
+    outcome: GiftOutcome
+    gift: GiftType
+    sender: Account
+    future: asyncio.Future[Applied]
 
 
 def gift_json(outcome: GiftOutcome, gift: GiftType | None, combo: int | None) -> dict[str, Any]:
@@ -99,6 +135,13 @@ class GiftService:
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
         self._users = 0
+        #: Live streams (id -> stream, cached at) and creators' cuts (creator -> bp, at).
+        self._streams: dict[uuid.UUID, tuple[Stream, float]] = {}
+        self._terms: dict[uuid.UUID, tuple[int, float]] = {}
+        #: Committed gifts waiting for the Redis work (projection, then room events), done
+        #: for all of them at once by one task, in commit order.
+        self._settling: list[_Settling] = []
+        self._settler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start with the first application that uses it (tests run several at once)."""
@@ -119,6 +162,9 @@ class GiftService:
                         await task
             self._board_due.clear()
             await self.batcher.stop()
+            # The gifts the batcher just committed get their Redis work and their answers.
+            while self._settler is not None and not self._settler.done():
+                await self._settler
 
     async def _watch_projection(self) -> None:
         """Notice when Redis lost its data (the sentinel is gone) and rebuild the live
@@ -197,19 +243,47 @@ class GiftService:
         return gift
 
     async def platform_cut_bp(self, creator_id: uuid.UUID) -> int:
+        """The platform's cut for the creator, cached for :data:`CREATOR_TERMS_TTL_S`."""
+        now = time.monotonic()
+        cached = self._terms.get(creator_id)
+        if cached is not None and now - cached[1] < CREATOR_TERMS_TTL_S:
+            return cached[0]
         custom = await self.services.pool.fetchval(
             "SELECT platform_cut_bp FROM creator_terms WHERE creator_id = $1", creator_id)
-        return int(custom) if custom is not None else self.services.settings.platform_cut_bp
+        bp = int(custom) if custom is not None else self.services.settings.platform_cut_bp
+        if len(self._terms) >= MAX_CACHED:
+            self._terms.clear()
+        self._terms[creator_id] = (bp, now)
+        return bp
+
+    async def _stream(self, stream_id: StreamId) -> Stream:
+        """The stream, from the cache if it was live a moment ago (the batcher checks that it
+        still is, in the gift's own transaction); streams that are not live are read afresh,
+        so one that just went live takes gifts at once."""
+        now = time.monotonic()
+        cached = self._streams.get(stream_id)
+        if cached is not None and now - cached[1] < STREAM_CACHE_TTL_S:
+            return cached[0]
+        stream: Stream = await self.services.streams.get(stream_id)
+        if stream.state is StreamState.LIVE:
+            if len(self._streams) >= MAX_CACHED:
+                self._streams.clear()
+            self._streams[stream_id] = (stream, now)
+        else:
+            self._streams.pop(stream_id, None)
+        return stream
 
     async def send(self, sender: Account, request: GiftRequest) -> tuple[GiftOutcome, int | None]:
-        """Price, commit, then publish; returns the outcome and the combo count."""
+        """Price, commit, count in Redis, answer; the room's events follow (in commit order).
+
+        Returns the outcome and the combo count."""
         catalogue = await self.catalogue()
         gift = catalogue.get(request.slug)
         if gift is None:
             raise ValidationFailed(f"No gift named {request.slug!r} in the catalogue.",
                                    code="unknown_gift", field="gift")
         price = price_of(gift, request.quantity)
-        stream = await self.services.streams.get(request.stream_id)
+        stream = await self._stream(request.stream_id)
         if stream.creator_id == sender.id:
             raise Conflict("Creators cannot send gifts to their own stream.",
                            code="cannot_gift_self")
@@ -219,42 +293,97 @@ class GiftService:
         parts = split(price, await self.platform_cut_bp(stream.creator_id))
         order = GiftOrder(request.gift_id, sender.id, stream.id, stream.creator_id, gift.slug,
                           request.quantity, price, parts.creator_share, parts.platform_cut)
-        outcome = await self.batcher.send(order)
-        applied = await self._project(outcome, gift, sender)
-        room = str(stream.id)
-        if applied.ended is not None:
-            await self._publish_combo_end(applied.ended)
+        try:
+            outcome = await self.batcher.send(order)
+        except StreamNotLive:
+            self._streams.pop(stream.id, None)  # it ended since it was cached
+            raise
+        applied = await self._settle(outcome, gift, sender)
         combo = applied.combo if outcome.is_new and gift.streakable else None
-        if outcome.is_new:
-            # The gift is committed; if Redis fails now the room misses the animation, not
-            # the money.
-            await self._publish(room, "gift.sent", {
-                "gift_id": str(order.gift_id),
-                "sender": {"id": str(sender.id), "username": sender.username},
-                "gift": gift.slug, "name": gift.name, "animation": gift.animation,
-                "quantity": order.quantity, "coins": order.price,
-                "combo": combo,
-            })
-        if applied.goal is not None:
-            await self._publish(room, "goal.updated", applied.goal.json())
-        if applied.counted:
-            self._schedule_board(room)
         return outcome, combo
 
-    async def _project(self, outcome: GiftOutcome, gift: GiftType, sender: Account) -> Applied:
-        """Count the committed gift in Redis (once per gift id, so a replay fills the gap a
+    async def _settle(self, outcome: GiftOutcome, gift: GiftType, sender: Account) -> Applied:
+        """Queue the committed gift for the Redis work; returns once it is projected (its
+        room events are published right after, by the same task)."""
+        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._settling.append(_Settling(outcome, gift, sender, future))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_all(), name="gift-settler")
+        return await asyncio.shield(future)
+
+    async def _settle_all(self) -> None:
+        """Do the Redis work of the committed gifts queued so far, all at once: one round
+        trip for their projection updates (then their senders are answered), one for their
+        room events; repeat while gifts keep coming. One task does it, so the room events
+        follow the order the gifts were committed (and the batcher answers a batch's gifts in
+        order), across batches too."""
+        while self._settling:
+            group, self._settling = self._settling, []
+            try:
+                applied = await self._project_many(group)
+            except Exception as exc:  # not the Redis connection: a bug; the senders get it
+                log.exception("gift projection failed", extra={"gifts": len(group)})
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            events: list[tuple[str, str, dict[str, Any], float]] = []
+            for item, result in zip(group, applied, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+                events.extend(self._events(item, result))
+            if events:
+                await self._publish_many(events)
+            for item, result in zip(group, applied, strict=True):
+                if result.counted:
+                    self._schedule_board(str(item.outcome.order.stream_id))
+
+    def _events(self, item: _Settling, applied: Applied
+                ) -> list[tuple[str, str, dict[str, Any], float]]:
+        """The room events of one committed gift, in the order the room gets them."""
+        order, gift, now = item.outcome.order, item.gift, time.time()
+        room = str(order.stream_id)
+        events: list[tuple[str, str, dict[str, Any], float]] = []
+        if applied.ended is not None:
+            events.append(self._combo_end_event(applied.ended, now))
+        if item.outcome.is_new:
+            # The gift is committed; if Redis fails now the room misses the animation, not
+            # the money.
+            events.append((room, "gift.sent", {
+                "gift_id": str(order.gift_id),
+                "sender": {"id": str(item.sender.id), "username": item.sender.username},
+                "gift": gift.slug, "name": gift.name, "animation": gift.animation,
+                "quantity": order.quantity, "coins": order.price,
+                "combo": applied.combo if gift.streakable else None,
+            }, now))
+        if applied.goal is not None:
+            events.append((room, "goal.updated", applied.goal.json(), now))
+        return events
+
+    async def _project_many(self, group: list[_Settling]) -> list[Applied]:
+        """Count the committed gifts in Redis (once per gift id, so a replay fills the gap a
         crash between COMMIT and this update left)."""
-        order = outcome.order
+        gifts = [GiftToApply(
+            gift_id=item.outcome.order.gift_id, stream_id=item.outcome.order.stream_id,
+            creator_id=item.outcome.order.creator_id, sender_id=item.outcome.order.sender_id,
+            coins=item.outcome.order.price, at=item.outcome.created_at, gift=item.gift.slug,
+            quantity=item.outcome.order.quantity, streakable=item.gift.streakable,
+            sender_username=item.sender.username) for item in group]
         try:
-            return await self.projection.apply(
-                gift_id=order.gift_id, stream_id=order.stream_id, creator_id=order.creator_id,
-                sender_id=order.sender_id, coins=order.price, at=outcome.created_at,
-                gift=gift.slug, quantity=order.quantity, streakable=gift.streakable,
-                sender_username=sender.username)
+            return await self.projection.apply_many(gifts)
         except _REDIS_ERRORS as exc:
             log.warning("gift committed but not projected",
-                        extra={"gift_id": str(order.gift_id), "error": repr(exc)})
-            return Applied(False)
+                        extra={"gift_ids": [str(g.gift_id) for g in gifts],
+                               "error": repr(exc)})
+            return [Applied(False)] * len(group)
+
+    async def _publish_many(self, events: list[tuple[str, str, dict[str, Any], float]]
+                            ) -> None:
+        try:
+            await self.services.bus.publish_many(events)
+        except _REDIS_ERRORS as exc:
+            log.warning("room events not published",
+                        extra={"events": len(events), "error": repr(exc)})
 
     async def _publish(self, room: str, event_type: str, data: dict[str, Any]) -> None:
         try:
@@ -264,10 +393,15 @@ class GiftService:
                         extra={"room": room, "type": event_type, "error": repr(exc)})
 
     async def _publish_combo_end(self, ended: EndedCombo) -> None:
-        await self._publish(ended.stream_id, "gift.combo_ended", {
+        await self._publish(*self._combo_end_event(ended, time.time())[:3])
+
+    @staticmethod
+    def _combo_end_event(ended: EndedCombo, now: float
+                         ) -> tuple[str, str, dict[str, Any], float]:
+        return (ended.stream_id, "gift.combo_ended", {
             "sender": {"id": ended.sender_id, "username": ended.sender_username},
             "gift": ended.gift, "combo": ended.count,
-        })
+        }, now)
 
     # -- the room's leaderboard ---------------------------------------------------------
 

@@ -45,6 +45,21 @@ _CHECKS: tuple[tuple[str, str, str], ...] = (
     ("entries_name_real_gifts", "every gift entry belongs to a gift of its transfer",
      "SELECT e.id::text AS what FROM ledger_entries e LEFT JOIN gifts g ON g.id = e.gift_id"
      " WHERE e.gift_id IS NOT NULL AND (g.id IS NULL OR g.transfer_id <> e.transfer_id)"),
+    # The next four check what the foreign keys dropped by 0005_gift_hot_path.sql guaranteed
+    # (a gift's sender, creator and transfer, an entry's transfer, exist).
+    ("entries_name_real_transfers", "every entry belongs to an existing transfer",
+     "SELECT e.id::text AS what FROM ledger_entries e LEFT JOIN ledger_transfers t"
+     " ON t.id = e.transfer_id WHERE t.id IS NULL"),
+    ("gifts_debit_sender_wallet", "every gift's debit is on its sender's wallet",
+     "SELECT g.id::text AS what FROM gifts g JOIN ledger_entries e ON e.gift_id = g.id"
+     " JOIN ledger_accounts a ON a.id = e.account_id"
+     " WHERE a.kind <> 'wallet' OR a.owner_id IS DISTINCT FROM g.sender_id"),
+    ("gifts_creator_is_streams", "every gift's creator is its stream's creator",
+     "SELECT g.id::text AS what FROM gifts g LEFT JOIN streams s ON s.id = g.stream_id"
+     " WHERE s.creator_id IS DISTINCT FROM g.creator_id"),
+    ("gifts_name_real_transfers", "every gift belongs to an existing gift batch transfer",
+     "SELECT g.id::text AS what FROM gifts g LEFT JOIN ledger_transfers t"
+     " ON t.id = g.transfer_id WHERE t.kind IS DISTINCT FROM 'gift_batch'"),
     ("split_adds_up", "creator share + platform cut = price, for every gift",
      "SELECT id::text AS what FROM gifts WHERE creator_share + platform_cut <> price"),
     ("gift_batches_credit_shares",

@@ -17,6 +17,10 @@ One batch, in one transaction:
 1. Read the stored gifts among the batch's ids: those are replays (same content: the stored
    outcome is returned) or conflicts (same id, other content: an error). A batch that holds
    the same id twice treats the later one the same way, once the first is decided.
+   Then read and share-lock (``FOR SHARE``) the streams of the new gifts: a gift whose stream
+   is not live is refused (``stream_not_live``) and moves nothing, and a stream cannot end
+   while a batch that found it live commits. So the gateway may look streams up from a cache:
+   the ledger itself decides whether a stream takes gifts.
 2. Lock the senders' wallets, in id order, in one statement (``FOR NO KEY UPDATE``: the lock
    an ``UPDATE`` takes, which does not block the foreign-key checks of other batches' entries).
 3. Walk the new gifts in arrival order against the locked balances: a gift the sender can
@@ -26,10 +30,10 @@ One batch, in one transaction:
    CONFLICT DO NOTHING``); an id another batch claimed meanwhile is resolved as in step 1 after
    commit. If no id was claimed, the transaction is rolled back: nothing is written.
 5. Debit each sender once and write every entry (one per gift for the debit, one per account
-   for the credits) in one statement, which the database checks sums to zero.
-6. Check the deferred foreign keys now (``SET CONSTRAINTS ALL IMMEDIATE``), then lock the
-   credited accounts (each creator's earnings and the platform account) in id order, credit
-   each once, and COMMIT. Only then are the senders answered; only then do gifts reach rooms.
+   for the credits) in one statement, which the database checks sums to zero (and names an
+   existing transfer).
+6. Lock the credited accounts (each creator's earnings and the platform account) in id order,
+   credit each once, and COMMIT. Only then are the senders answered; only then do gifts reach rooms.
 
 Deadlocks: every batch (of this process or another gateway's) locks wallets first, in id order,
 then the credited accounts, in id order; wallets are never credited and earnings or the
@@ -73,6 +77,13 @@ MAX_CACHED_ACCOUNTS = 100_000
 class InsufficientCoins(ClientError):
     status = 402
     default_code = "insufficient_coins"
+
+
+class StreamNotLive(Conflict):
+    """The gift's stream was not live when its batch was committed (it ended, say, after the
+    gateway looked it up); nothing was spent."""
+
+    default_code = "stream_not_live"
 
 
 @dataclass(frozen=True)
@@ -309,6 +320,9 @@ class GiftBatcher:
                     if order.gift_id not in stored and order.gift_id not in seen:
                         seen.add(order.gift_id)
                         fresh.append(order)
+                states = await self._stream_states(conn, fresh)
+                closed = {o.gift_id for o in fresh if states.get(o.stream_id) != "live"}
+                fresh = [o for o in fresh if o.gift_id not in closed]
                 accepted, refused, wallets = await self._fund(conn, fresh)
                 claimed: set[uuid.UUID] = set()
                 if accepted:
@@ -327,7 +341,8 @@ class GiftBatcher:
         for order in accepted:
             if order.gift_id in claimed:
                 outcomes[order.gift_id] = GiftOutcome(order, now, True)
-        unresolved = {o.gift_id for o in orders} - set(outcomes) - set(stored) - refused
+        unresolved = ({o.gift_id for o in orders} - set(outcomes) - set(stored) - refused
+                      - closed)
         if unresolved:  # claimed by another batch meanwhile: read what it stored
             async with self._pool.acquire() as conn:
                 for row in await conn.fetch(
@@ -347,6 +362,10 @@ class GiftBatcher:
             elif order.gift_id in stored:
                 row = stored[order.gift_id]
                 results.append(self._replay(order, _order(row), row["created_at"]))
+            elif order.gift_id in closed:
+                results.append(StreamNotLive(
+                    "Gifts go to live streams only.",
+                    state=states.get(order.stream_id, "missing"), gift_id=str(order.gift_id)))
             else:
                 results.append(InsufficientCoins(
                     "Not enough coins for this gift; nothing was spent.",
@@ -360,6 +379,19 @@ class GiftBatcher:
             return GiftOutcome(stored, created_at, False)
         return Conflict("This gift id was already used for a different gift.",
                         code="gift_id_conflict", gift_id=str(order.gift_id))
+
+    @staticmethod
+    async def _stream_states(conn: Any, orders: list[GiftOrder]) -> dict[uuid.UUID, str]:
+        """The state of the orders' streams, share-locked until COMMIT: a stream cannot end
+        (``UPDATE streams SET state``) while a batch that found it live is committing, so a
+        gift is in the ledger only if its stream was live when it was committed."""
+        if not orders:
+            return {}
+        rows = await conn.fetch(
+            "SELECT id, state FROM streams WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE",
+            list({o.stream_id for o in orders}),
+        )
+        return {row["id"]: row["state"] for row in rows}
 
     @staticmethod
     async def _fund(conn: Any, orders: list[GiftOrder]
@@ -456,9 +488,6 @@ class GiftBatcher:
             transfer_id, entry_accounts, entry_amounts, entry_gifts,
             debited, [debits[i] for i in debited],
         )
-        # The gifts' deferred foreign key to their transfer, checked now rather than at COMMIT,
-        # while no shared account is locked yet.
-        await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         credited = sorted(credits)
         await conn.execute(
             "SELECT id FROM ledger_accounts WHERE id = ANY($1::bigint[])"

@@ -74,9 +74,11 @@ async def test_redis_restarted_empty_under_load_is_rebuilt_while_serving(
                     if len(acked) >= KILL_AFTER_ACKS:
                         enough_acked.set()
                     acked_after_restart += restarted.is_set()
-                    # After the restart, pace the clients so the load spans the watcher's
-                    # check: the rebuild must happen while gifts are flowing.
-                    if restarted.is_set():
+                    # From the kill on, pace the clients so the load spans the outage, the
+                    # restart and the watcher's check: the rebuild must happen while gifts
+                    # are flowing (unpaced, the rest of the gifts can all be answered before
+                    # the new Redis is up).
+                    if enough_acked.is_set():
                         await asyncio.sleep(0.1)
 
         async def flush_redis() -> None:

@@ -161,3 +161,55 @@ async def test_the_server_notices_redis_lost_its_data_and_rebuilds(node, economy
             break
         await asyncio.sleep(0.25)
     assert board is not None and board["coins"] == 10
+
+
+async def test_a_gift_to_a_stream_that_ended_while_cached_is_refused(node, economy, services,
+                                                                     monkeypatch):
+    """The gateway caches live streams; another node (here: straight SQL) ends the stream,
+    and the next gift is refused by the ledger, not accepted from the stale cache."""
+    # A short combo window: the rose's combo leaves no open combo to later tests.
+    monkeypatch.setattr(services.gifts.projection, "combo_window_s", 1.0)
+    api, room = node.api, economy["stream"]
+    async with node.client() as watcher:
+        await watcher.subscribe(room)
+        first = await _send(api, economy["viewer"], room)  # caches the live stream
+        await services.pool.execute(
+            "UPDATE streams SET state = 'ended', ended_at = now() WHERE id = $1::uuid", room)
+        for _ in range(2):  # from the stale cache, then from a fresh read
+            response, answer = await api.request("POST", "/api/v1/gifts",
+                                                 token=economy["viewer"], json={
+                "gift_id": str(uuid.uuid4()), "stream_id": room, "gift": "rose"})
+            assert (response.status, answer["error"]["code"]) == (409, "stream_not_live")
+            assert answer["error"]["state"] == "ended"
+        await watcher.next_event("gift.sent")
+        assert [e["data"]["gift_id"] for e in watcher.events_of("gift.sent")] == [
+            first["gift_id"]]
+    _, wallet = await api.request("GET", "/api/v1/me/wallet", token=economy["viewer"])
+    assert wallet["coins"] == 100 - first["coins"]
+
+
+async def test_concurrent_gifts_reach_the_room_once_each_in_commit_order(node, economy,
+                                                                          services,
+                                                                          monkeypatch):
+    """Gifts committed together are projected and published together (one Redis round trip
+    each): every gift once, and the room sees the combo counts in the order they were
+    counted."""
+    # A short window: the combo lapses soon after, and leaves no open combo to later tests.
+    monkeypatch.setattr(services.gifts.projection, "combo_window_s", 1.0)
+    api, room = node.api, economy["stream"]
+    async with node.client() as watcher:
+        await watcher.subscribe(room)
+        sent = await asyncio.gather(*[_send(api, economy["viewer"], room, "heart")
+                                      for _ in range(10)])
+        assert sorted(s["combo"] for s in sent) == list(range(1, 11))
+        for _ in range(10):
+            await watcher.next_event("gift.sent")
+        events = watcher.events_of("gift.sent")
+        assert [e["data"]["combo"] for e in events] == list(range(1, 11))
+        assert sorted(e["data"]["gift_id"] for e in events) == sorted(s["gift_id"] for s in sent)
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs)
+        _, board = await api.request("GET", f"/api/v1/streams/{room}/leaderboard")
+        assert (board["gifts"], board["coins"]) == (10, 50)
+    _, wallet = await api.request("GET", "/api/v1/me/wallet", token=economy["viewer"])
+    assert wallet["coins"] == 50

@@ -12,6 +12,7 @@ from ledger.batcher import (
     GiftOrder,
     GiftOutcome,
     InsufficientCoins,
+    StreamNotLive,
     balance_of,
     grant,
 )
@@ -150,3 +151,24 @@ async def test_the_database_refuses_unbalanced_transfers_and_edits(services, sta
                           "TRUNCATE ledger_entries CASCADE", "DELETE FROM gifts"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
                 await conn.execute(statement)
+
+
+async def test_the_batch_refuses_gifts_to_a_stream_that_is_not_live(batcher, stage, services):
+    """The gateway may price a gift from a cached stream; the batch's own transaction decides
+    whether the stream takes it, and a refused gift moves nothing."""
+    creator, stream, viewer = stage
+    before_end = await batcher.send(order(stage, price=10))
+    await services.streams.transition(stream, StreamEvent.END, now())
+    late = order(stage, price=10)
+    results = await asyncio.gather(batcher.send(late), batcher.send(order(stage, price=20)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, StreamNotLive) for r in results), results
+    assert [(r.code, r.status, r.details["state"]) for r in results
+            if isinstance(r, StreamNotLive)] == [("stream_not_live", 409, "ended")] * 2
+    # A gift committed while the stream was live still replays after it ended.
+    again = await batcher.send(before_end.order)
+    assert not again.is_new and again.created_at == before_end.created_at
+    assert await balance_of(services.pool, viewer) == 990
+    assert await balance_of(services.pool, creator, "earnings") == 5
+    assert await services.pool.fetchval("SELECT count(*) FROM gifts WHERE stream_id = $1",
+                                        stream) == 1
