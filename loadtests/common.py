@@ -108,6 +108,23 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def serving_pids(pid: int) -> list[int]:
+    """A ``livecore serve`` and, with ``LIVECORE_PROCESSES`` > 1, the serving processes it
+    started (not the embedded PostgreSQL and Redis, which are counted apart)."""
+    extra = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
+            if "--extra-process" in child.cmdline():
+                extra.append(child.pid)
+    return [pid, *extra]
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds of a server and its serving processes (psutil counts a child's time in its
+    parent's only once the child has exited)."""
+    return sum(cpu_seconds(p) for p in serving_pids(pid))
+
+
 @contextlib.contextmanager
 def server_process(args: list[str], *, env: dict[str, str], port: int,
                    ready_path: str = "/healthz", log_path: str | None = None) -> Iterator[int]:

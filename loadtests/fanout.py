@@ -85,7 +85,17 @@ from websockets.frames import Close, Frame, Opcode
 from gateway.embedded import EmbeddedRedis
 from gateway.roombus import RoomBus
 from livecore.chat import CHAT_PER_S
-from loadtests.common import Row, comparison, console, cpu_seconds, free_port, percentile, progress
+from loadtests.common import (
+    Row,
+    comparison,
+    console,
+    cpu_seconds,
+    free_port,
+    percentile,
+    progress,
+    server_cpu,
+    serving_pids,
+)
 from loadtests.common import server_process as _server_process
 
 #: Connections per source address: below the 28k ephemeral ports of the default range.
@@ -604,18 +614,6 @@ def redis_server_pid(redis_url: str) -> int | None:
         pidfile = Path(redis_url[len("unix://"):]).parent / "redis.pid"
         return int(pidfile.read_text().strip())
     return None
-
-
-def serving_pids(pid: int) -> list[int]:
-    """The server and, with LIVECORE_PROCESSES > 1, the serving processes it started (not
-    the embedded PostgreSQL and Redis, which are counted apart)."""
-    extra = [child.pid for child in psutil.Process(pid).children()
-             if "--extra-process" in child.cmdline()]
-    return [pid, *extra]
-
-
-def server_cpu(pid: int) -> float:
-    return sum(cpu_seconds(p) for p in serving_pids(pid))
 
 
 def rss(pid: int) -> int:

@@ -57,7 +57,6 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import orjson
-import psutil
 import redis.asyncio as aioredis
 from rich.table import Table
 from websockets.asyncio.client import ClientConnection, connect
@@ -71,7 +70,15 @@ from ledger.migrate import migrate
 from ledger.projection import RedisProjection
 from livecore.economy import split
 from livecore.wire import CURRENT_VERSION, SUBPROTOCOL_PREFIX
-from loadtests.common import console, cpu_seconds, free_port, percentile, progress, server_process
+from loadtests.common import (
+    console,
+    cpu_seconds,
+    free_port,
+    percentile,
+    progress,
+    server_cpu,
+    server_process,
+)
 
 COINS_EACH = 10**9
 #: A room event's type follows its seq and epoch within this many bytes.
@@ -358,14 +365,6 @@ class Stage:
     streams: list[str]
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the server and its running serving processes (``LIVECORE_PROCESSES``):
-    psutil counts a child's time in its parent's only once the child has exited."""
-    process = psutil.Process(pid)
-    return cpu_seconds(pid) + sum(cpu_seconds(child.pid)
-                                  for child in process.children(recursive=True))
-
-
 async def stage(base: str, pool: Any, *, viewers: int, streams: int) -> Stage:
     """Creators with live streams, and viewers holding coins, through the HTTP API."""
     password = "gift load test password"
@@ -417,7 +416,7 @@ async def e2e_case(label: str, ws_url: str, setup: Stage, rooms: list[str], *, r
             if reply["type"] != "ack":
                 raise SystemExit(f"subscribe failed: {reply}")
         await asyncio.sleep(1)  # the subscribe's message refills the connection's budget
-        cpu_before, own_before = server_cpu_seconds(pid), cpu_seconds(os.getpid())
+        cpu_before, own_before = server_cpu(pid), cpu_seconds(os.getpid())
         started = time.perf_counter()
         deadline = started + seconds
         with progress() as bar:
@@ -450,7 +449,7 @@ async def e2e_case(label: str, ws_url: str, setup: Stage, rooms: list[str], *, r
 
             await asyncio.gather(*(viewer(sock, room) for sock, room in sockets))
         case.seconds = time.perf_counter() - started
-        case.server_cpu_s = server_cpu_seconds(pid) - cpu_before
+        case.server_cpu_s = server_cpu(pid) - cpu_before
         case.client_cpu_s = cpu_seconds(os.getpid()) - own_before
         await asyncio.sleep(1)  # the last gifts' events are still on their way
         case.deliveries = sum(sock.deliveries for sock, _ in sockets)

@@ -16,8 +16,14 @@ pytestmark = pytest.mark.e2e
 
 
 def serving_processes(parent: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(parent).children()
-            if "--extra-process" in p.cmdline()]
+    found = []
+    for child in psutil.Process(parent).children():
+        try:  # a killed one is a zombie until the supervisor reaps it
+            if "--extra-process" in child.cmdline():
+                found.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 def listening(process: psutil.Process, port: int) -> bool:
