@@ -474,40 +474,20 @@ loginForm.addEventListener("submit", async (event) => {
   submit.disabled = true;
   showText(loginError, "");
   try {
-    const response = await fetch("/api/v1/auth/login", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ username: form.get("username"), password: form.get("password") }),
-    });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const error = body.error || {};
-      if (response.status === 429) {
-        const wait = response.headers.get("Retry-After");
-        showText(loginError, `Too many attempts.${wait ? ` Try again in ${wait} s.` : ""}`);
-      } else {
-        showText(loginError, error.message || `Login failed (${response.status}).`);
-      }
-      return;
-    }
-    storeToken(body.token);
+    token = await LivecoreSession.logIn(form.get("username"), form.get("password"));
     el("login-password").value = "";
     start();
   } catch (error) {
-    showText(loginError, `Could not log in: ${error.message}`);
+    showText(loginError, error.message);
   } finally {
     submit.disabled = false;
   }
 });
 
 logoutButton.addEventListener("click", () => {
-  const old = token;
-  storeToken(null);
+  LivecoreSession.logOut(token);
+  token = null;
   render();
-  if (old) {
-    fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${old}` } })
-      .catch(() => {});
-  }
 });
 
 el("recon-refresh").addEventListener("click", () => loadReconciliation());

@@ -530,23 +530,7 @@ loginForm.addEventListener("submit", async (event) => {
   submit.disabled = true;
   showError(loginError, "");
   try {
-    const response = await fetch("/api/v1/auth/login", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ username: form.get("username"), password: form.get("password") }),
-    });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const error = body.error || {};
-      if (response.status === 429) {
-        const wait = response.headers.get("Retry-After");
-        showError(loginError, `Too many attempts.${wait ? ` Try again in ${plural(Number(wait), "second", "seconds")}.` : ""}`);
-      } else {
-        showError(loginError, error.message || `Login failed (${response.status}).`);
-      }
-      return;
-    }
-    storeToken(body.token);
+    token = await LivecoreSession.logIn(form.get("username"), form.get("password"));
     el("login-password").value = "";
     if (me) {
       reconnectNow(); // this socket speaks for someone else
@@ -555,21 +539,17 @@ loginForm.addEventListener("submit", async (event) => {
     }
     renderAccount();
   } catch (error) {
-    showError(loginError, `Could not log in: ${error.message}`);
+    showError(loginError, error.message);
   } finally {
     submit.disabled = false;
   }
 });
 
 logoutButton.addEventListener("click", () => {
-  const old = token;
-  storeToken(null);
+  LivecoreSession.logOut(token);
+  token = null;
   me = null;
   renderAccount();
-  if (old) {
-    fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${old}` } })
-      .catch(() => {});
-  }
   reconnectNow(); // the socket stays logged in until it is replaced
 });
 
