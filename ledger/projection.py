@@ -97,9 +97,9 @@ return {1, combo, ended, ended_count, progress, target, title}
 
 # The same for many gifts in one call: KEYS and ARGV are those of _APPLY for each gift in
 # turn (9 keys and 11 arguments a gift). Returns one string a gift: '0' if it was applied
-# before, else applied, combo count, ended combo's count, goal progress, goal target, ended
-# combo name and goal title, tab-separated (the title last: it is free text). One flat reply
-# of short strings, rather than a nested array a gift, is cheap for the client to parse.
+# before, else _APPLY's fields tab-separated, in its order (the title last: it is free
+# text). One flat reply of short strings, rather than a nested array a gift, is cheap for the
+# client to parse. RedisProjection.apply uses it too, for one gift.
 _APPLY_MANY = "local function apply(KEYS, ARGV)\n" + _APPLY + """end
 local out = {}
 for i = 0, #ARGV / 11 - 1 do
@@ -110,7 +110,7 @@ for i = 0, #ARGV / 11 - 1 do
   if r[1] == 0 then
     out[#out + 1] = '0'
   else
-    out[#out + 1] = table.concat({r[1], r[2], r[4], r[5], r[6], r[3], r[7]}, '\t')
+    out[#out + 1] = table.concat({r[1], r[2], r[3], r[4], r[5], r[6], r[7]}, '\t')
   end
 end
 return out
@@ -226,7 +226,6 @@ class RedisProjection:
     def __init__(self, redis: Any, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._apply = redis.register_script(_APPLY)
         self._apply_many = redis.register_script(_APPLY_MANY)
         self._end_combo = redis.register_script(_END_COMBO)
         self._set_goal = redis.register_script(_SET_GOAL)
@@ -274,14 +273,14 @@ class RedisProjection:
                     sender_username: str = "") -> Applied:
         """Count a committed gift once (``at`` is its commit time, ``gifts.created_at``);
         returns what this call changed (nothing if the gift was counted before)."""
-        keys, args = self._apply_call(gift_id, stream_id, creator_id, sender_id, coins, at,
-                                      gift, quantity, streakable, sender_username)
-        result = await self._apply(keys=keys, args=args)
-        return self._applied(result, stream_id, sender_id, gift, streakable, sender_username)
+        [applied] = await self.apply_many([GiftToApply(
+            gift_id, stream_id, creator_id, sender_id, coins, at, gift, quantity, streakable,
+            sender_username)])
+        return applied
 
     async def apply_many(self, gifts: list[GiftToApply]) -> list[Applied]:
-        """:meth:`apply` for many committed gifts, in this order, in one script call (one
-        round trip); each gift is still counted once, by id."""
+        """Count many committed gifts, in this order, in one script call (one round trip);
+        each gift is still counted once, by id."""
         if not gifts:
             return []
         keys: list[str] = []
@@ -293,16 +292,8 @@ class RedisProjection:
             keys += gift_keys
             args += gift_args
         replies = await self._apply_many(keys=keys, args=args)
-        applied = []
-        for g, reply in zip(gifts, replies, strict=True):
-            if reply == b"0":
-                applied.append(Applied(False))
-                continue
-            one, combo, ended_count, progress, target, ended, title = reply.split(b"\t", 6)
-            applied.append(self._applied(
-                [one, combo, ended, ended_count, progress, target, title], g.stream_id,
-                g.sender_id, g.gift, g.streakable, g.sender_username))
-        return applied
+        return [self._applied(reply.split(b"\t", 6), g) for g, reply in zip(gifts, replies,
+                                                                          strict=True)]
 
     def _apply_call(self, gift_id: uuid.UUID, stream_id: uuid.UUID, creator_id: uuid.UUID,
                     sender_id: uuid.UUID, coins: int, at: dt.datetime, gift: str,
@@ -321,19 +312,19 @@ class RedisProjection:
         return keys, args
 
     @staticmethod
-    def _applied(result: Any, stream_id: uuid.UUID, sender_id: uuid.UUID, gift: str,
-                 streakable: bool, sender_username: str) -> Applied:
-        if not int(result[0]):
+    def _applied(reply: list[bytes], g: GiftToApply) -> Applied:
+        """One gift's reply: ``0`` (counted before), or the fields of the apply script."""
+        if reply == [b"0"]:
             return Applied(False)
-        _, combo, ended_name, ended_count, progress, target, title = result
+        _, combo, ended_name, ended_count, progress, target, title = reply
         ended = None
         if ended_name:
-            ended = EndedCombo(str(stream_id), str(sender_id), sender_username, gift,
+            ended = EndedCombo(str(g.stream_id), str(g.sender_id), g.sender_username, g.gift,
                                int(ended_count))
         goal = None
         if int(target) >= 0:
-            goal = Goal(int(target), int(progress), (title or b"").decode())
-        return Applied(True, int(combo) if streakable else None, ended, goal)
+            goal = Goal(int(target), int(progress), title.decode())
+        return Applied(True, int(combo) if g.streakable else None, ended, goal)
 
     async def claim_ended_combos(self, now: dt.datetime, *,
                                  limit: int = 200) -> list[EndedCombo]:
