@@ -68,7 +68,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.process import BaseProcess
@@ -658,6 +658,16 @@ def connect_all(fleet: list[Worker], port: int, setup: Setup, subscribers: int, 
     return per_room
 
 
+async def paced(rate: float, seconds: float) -> AsyncIterator[int]:
+    """0, 1, 2, ... on schedule at ``rate`` per second for ``seconds`` (at least one)."""
+    started = time.perf_counter()
+    for sent in range(max(1, round(rate * seconds))):
+        wait = started + sent / rate - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        yield sent
+
+
 async def publish_redis(bus: RoomBus, setup: Setup, rate: float, seconds: float,
                         published: Counter[str]) -> int:
     """Publish at ``rate`` (round robin over the rooms) for ``seconds``; returns errors."""
@@ -676,12 +686,8 @@ async def publish_redis(bus: RoomBus, setup: Setup, rate: float, seconds: float,
         except Exception:
             errors += 1
 
-    total = max(1, round(rate * seconds))
     started = time.perf_counter()
-    for sent in range(total):
-        wait = started + sent / rate - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    async for sent in paced(rate, seconds):
         if time.perf_counter() - started > seconds + 5:
             break  # far behind schedule: stop rather than run on
         if len(in_flight) >= PUBLISH_IN_FLIGHT:
@@ -727,12 +733,8 @@ async def open_publishers(port: int, setup: Setup, tally: Tally,
 async def publish_chat(publishers: list[tuple[LeanSocket, str]], rate: float,
                        seconds: float) -> None:
     """Each publisher sends its share of ``rate`` as chat messages, in turn."""
-    total = max(1, round(rate * seconds))
     started = time.perf_counter()
-    for sent in range(total):
-        wait = started + sent / rate - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    async for sent in paced(rate, seconds):
         sock, room = publishers[sent % len(publishers)]
         message = {"type": "chat", "room": room, "id": "c",
                    "text": f"@{time.time():.6f} fan-out load test"}
