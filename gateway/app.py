@@ -6,6 +6,7 @@ import asyncio
 import logging
 from importlib.util import find_spec
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from gateway.hub import Hub
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.openapi import build_document
 from gateway.services import Services
+from gateway.sockets import WS_PATH, FrontDoor
 from livecore import schemas
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def create_app(services: Services) -> web.Application:
     add_routes(app, ALL_ROUTES)
     hub = Hub(services, metrics_registry)
     app[HUB_KEY] = hub
-    app.router.add_get("/ws", hub.handle)
+    app.router.add_get(WS_PATH, hub.handle)
 
     async def start_hub(app: web.Application) -> None:
         await services.gifts.start()
@@ -125,3 +127,19 @@ def create_app(services: Services) -> web.Application:
     app.router.add_static("/static/", pages, append_version=False)
     return app
 
+
+
+class Runner(web.AppRunner):
+    """aiohttp's runner for :func:`create_app`, with the listening socket's connections
+    passing through the :class:`~gateway.sockets.FrontDoor`: websockets are served by the
+    hub's lean sockets, every other request by aiohttp."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        app = self.app
+        metrics_registry = app[METRICS_KEY]
+
+        def observe(status: int, seconds: float) -> None:
+            metrics_registry.observe_request("GET", WS_PATH, status, seconds)
+
+        return cast(web.Server, FrontDoor(server, app[HUB_KEY].admit, observe))

@@ -37,7 +37,7 @@ from aiohttp import web
 from prometheus_client import start_http_server
 
 from gateway import auth
-from gateway.app import create_app
+from gateway.app import Runner, create_app
 from gateway.collector import CollectorPolicy
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServers
 from gateway.http import METRICS_KEY
@@ -154,7 +154,7 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
     services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
     app = create_app(services)
     app[METRICS_KEY].watch_gc()
-    runner = web.AppRunner(
+    runner = Runner(
         app, access_log=None, handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )

@@ -44,6 +44,7 @@ import contextlib
 import logging
 import resource
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,13 +52,16 @@ from typing import Any
 
 import orjson
 import redis.exceptions
-from aiohttp import WSMsgType, web
+from aiohttp import web
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 
 from gateway.auth import bearer_token, token_digest
 from gateway.gifts import GiftRequest, gift_json
 from gateway.metrics import Metrics
 from gateway.services import Services
+from gateway.sockets import CLOSE_TIMEOUT_S, ServerSocket
 from ledger.postgres import UNAVAILABLE_ERRORS
 from livecore.accounts import Account, Permission
 from livecore.chat import (
@@ -83,7 +87,6 @@ from livecore.wire import (
     CLOSE_FLOODING,
     CLOSE_GOING_AWAY,
     CLOSE_SLOW_CONSUMER,
-    CLOSE_UNSUPPORTED_DATA,
     CLOSE_UNSUPPORTED_VERSION,
     CONNECTION_BURST,
     CONNECTION_MESSAGES_PER_S,
@@ -106,7 +109,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes a socket may have waiting in its write buffer before it counts as a slow consumer.
 SLOW_CONSUMER_BYTES = 1024 * 1024
+#: A socket silent this long is pinged; it has PONG_TIMEOUT_S to answer (any frame will do).
 HEARTBEAT_S = 20.0
+PONG_TIMEOUT_S = 10.0
+HEARTBEAT_CHECK_S = 5.0
 PRESENCE_INTERVAL_S = 2.0
 LIKES_INTERVAL_S = 1.0
 #: A room with no local subscriber for this long is unsubscribed from Redis.
@@ -130,54 +136,52 @@ def dumps_frame(message: dict[str, Any]) -> bytes:
     return text_frame(orjson.dumps(message))
 
 
-@dataclass(eq=False, slots=True)
-class Connection:
-    ws: web.WebSocketResponse
-    transport: asyncio.Transport
-    session: str
-    user: Account | None
-    rooms: set[str] = field(default_factory=set)
-    #: Rooms being subscribed: live frames parked here as (seq, frame) until recovery is sent.
-    holding: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
-    bucket: TokenBucket = field(
-        default_factory=lambda: TokenBucket(CONNECTION_BURST, CONNECTION_MESSAGES_PER_S)
-    )
-    strikes: int = 0
-    on_close: Callable[[str], None] = lambda reason: None
-    closing: bool = False
-    close_code: int | None = None
-    close_reason: str = ""
+class Connection(ServerSocket):
+    """One client's websocket as the hub sees it (the socket itself: :mod:`gateway.sockets`)."""
+
+    __slots__ = ("hub", "session", "user", "version", "rooms", "holding", "bucket", "strikes")
+
+    def __init__(self, hub: Hub, user: Account | None, version: int | None) -> None:
+        super().__init__()
+        self.hub = hub
+        self.session = uuid.uuid4().hex
+        self.user = user
+        self.version = version
+        self.rooms: set[str] = set()
+        #: Rooms being subscribed: live frames parked here as (seq, frame) until recovery
+        #: is sent.
+        self.holding: dict[str, list[tuple[int, bytes]]] = {}
+        self.bucket = TokenBucket(CONNECTION_BURST, CONNECTION_MESSAGES_PER_S)
+        self.strikes = 0
 
     def write(self, data: bytes) -> bool:
         """Hand bytes to the socket; a socket too far behind is closed as a slow consumer."""
-        if self.closing or self.transport.is_closing():
+        transport = self.transport
+        if self.closing or transport is None or transport.is_closing():
             return False
-        if self.transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES:
+        if transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES:
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return False
-        self.transport.write(data)
+        transport.write(data)
         return True
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(dumps_frame(message))
 
-    def close(self, code: int, reason: str, *, now: bool = True) -> None:
-        """Close with ``code``: at once (from fan-out), or, with ``now=False``, by the
-        connection's own handler when it regains control."""
-        if self.closing:
-            return
-        self.closing = True
-        self.close_code, self.close_reason = code, reason
-        self.on_close(reason)
-        if now:
-            task = asyncio.get_running_loop().create_task(
-                self.ws.close(code=code, message=reason.encode())
-            )
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+    def max_message_bytes(self) -> int:
+        return MAX_FRAME_BYTES
 
+    def on_open(self) -> None:
+        self.hub.opened(self)
 
-_background: set[asyncio.Task[Any]] = set()
+    async def on_text(self, text: str) -> None:
+        await self.hub.on_text(self, text)
+
+    def on_close_sent(self, reason: str) -> None:
+        self.hub.metrics.ws_closed.labels(reason).inc()
+
+    def on_closed(self) -> None:
+        self.hub.closed(self)
 
 
 @dataclass(eq=False)
@@ -228,6 +232,7 @@ class Hub:
         self.flush_interval_s = services.settings.ws_flush_ms / 1000
         self.max_connections = services.settings.max_connections or connection_cap()
         self.stopping = False
+        self._all_closed = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -242,20 +247,21 @@ class Hub:
                                 name="hub-presence"),
             asyncio.create_task(self._tick(LIKES_INTERVAL_S, self._likes_pass),
                                 name="hub-likes"),
+            asyncio.create_task(self._tick(HEARTBEAT_CHECK_S, self._heartbeat_pass),
+                                name="hub-heartbeat"),
         ]
 
     async def stop(self) -> None:
         """Tell every client to reconnect elsewhere, close them (1001), stop the tasks."""
         self.stopping = True
-        closing = []
         for conn in list(self.connections):
             conn.send({"type": "closing", "reason": "server shutting down", "reconnect": True})
-            conn.closing = True
-            closing.append(conn.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down"))
-        if closing:
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        if self.connections:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True),
-                                       SHUTDOWN_CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self._all_closed.wait(), SHUTDOWN_CLOSE_TIMEOUT_S)
+        for conn in list(self.connections):
+            conn.abort()
         with contextlib.suppress(Exception):
             await self._likes_pass()
             for room_id in list(self.rooms):  # our viewers leave the cluster's counts now
@@ -457,8 +463,9 @@ class Hub:
 
     # -- the socket -------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """``GET /ws``: authenticate (optionally), upgrade, then serve messages until close."""
+    async def admit(self, request: Request, response: Response) -> Connection:
+        """Decide on a ``/ws`` upgrade (:mod:`gateway.sockets` calls this): refuse it with an
+        error, or return the connection that will serve it, having chosen the subprotocol."""
         services = self.services
         if len(self.connections) >= self.max_connections:
             # Refused before the upgrade, so the socket closes at once: the node stays below
@@ -466,9 +473,10 @@ class Hub:
             self.metrics.ws_refused.inc()
             raise ServiceUnavailable("This node holds its most websockets; try again later.",
                                      code="server_full", retry_after_s=5)
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                   if p.strip()]
-        version = negotiate_version(offered, request.query.get("v"))
+        offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol")
+                   for p in value.split(",") if p.strip()]
+        asked = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query).get("v")
+        version = negotiate_version(offered, asked[0] if asked else None)
         user: Account | None = None
         header = request.headers.get("Authorization")
         token = bearer_token(header)
@@ -481,48 +489,47 @@ class Hub:
                 raise Unauthenticated("The token is unknown, expired or revoked.",
                                       code="invalid_token")
             user = found[0]
+        chosen = f"{SUBPROTOCOL_PREFIX}{version or CURRENT_VERSION}"
+        if chosen in offered:
+            response.headers["Sec-WebSocket-Protocol"] = chosen
+        return Connection(self, user, version)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /ws`` on a connection that served other requests first (a pooling HTTP
+        client): aiohttp upgrades it and reads its frames; the hub serves it as any other."""
+        headers = Headers(request.headers.items())
+        response = Response(101, "Switching Protocols", Headers())
+        conn = await self.admit(Request(request.path_qs, headers), response)
+        chosen = response.headers.get("Sec-WebSocket-Protocol")
         ws = web.WebSocketResponse(
-            protocols=[f"{SUBPROTOCOL_PREFIX}{v}" for v in (version or CURRENT_VERSION,)],
-            heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES, compress=False,
-            timeout=SHUTDOWN_CLOSE_TIMEOUT_S,
+            protocols=[chosen] if chosen else (), heartbeat=HEARTBEAT_S,
+            max_msg_size=MAX_FRAME_BYTES, compress=False, timeout=CLOSE_TIMEOUT_S,
         )
         await ws.prepare(request)
-        if version is None:
-            await ws.close(code=CLOSE_UNSUPPORTED_VERSION,
-                           message=b"unsupported protocol version")
-            return ws
-        if self.stopping:
-            await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
-            return ws
-        transport = request.transport
-        assert transport is not None
-        conn = Connection(ws, transport, uuid.uuid4().hex, user, on_close=self._count_close)
-        self.connections.add(conn)
-        conn.send({
-            "type": "hello", "v": version, "session": conn.session,
-            "server_time": time.time(), "user": _user_ref(user), "limits": limits(),
-        })
-        try:
-            async for message in ws:
-                if message.type is WSMsgType.TEXT:
-                    await self._on_text(conn, message.data)
-                elif message.type is WSMsgType.BINARY:
-                    await ws.close(code=CLOSE_UNSUPPORTED_DATA,
-                                   message=b"binary frames are not supported")
-                    break
-                if conn.closing:
-                    break
-            if conn.close_code is not None and not ws.closed:
-                await ws.close(code=conn.close_code, message=conn.close_reason.encode())
-        finally:
-            self.connections.discard(conn)
-            self._leave_all(conn)
+        assert request.transport is not None
+        await conn.attach_aiohttp(ws, request.transport)
         return ws
 
-    def _count_close(self, reason: str) -> None:
-        self.metrics.ws_closed.labels(reason).inc()
+    def opened(self, conn: Connection) -> None:
+        """The upgrade is done: greet the client, or tell it why not."""
+        self.connections.add(conn)
+        if conn.version is None:
+            conn.close(CLOSE_UNSUPPORTED_VERSION, "unsupported protocol version")
+        elif self.stopping:
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            conn.send({
+                "type": "hello", "v": conn.version, "session": conn.session,
+                "server_time": time.time(), "user": _user_ref(conn.user), "limits": limits(),
+            })
 
-    async def _on_text(self, conn: Connection, data: str) -> None:
+    def closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._leave_all(conn)
+        if self.stopping and not self.connections:
+            self._all_closed.set()
+
+    async def on_text(self, conn: Connection, data: str) -> None:
         message_id = None
         try:
             # Parse first, so even a refusal echoes the message's id; every frame, valid or
@@ -540,7 +547,7 @@ class Hub:
                 conn.strikes += 1
                 if conn.strikes >= FLOOD_STRIKES:
                     conn.send(error_message(rate_limited(retry, code="flooding"), message_id))
-                    conn.close(CLOSE_FLOODING, "flooding", now=False)
+                    conn.close(CLOSE_FLOODING, "flooding")
                     return
                 raise rate_limited(retry)
             conn.strikes = 0
@@ -796,6 +803,20 @@ class Hub:
             except Exception as exc:
                 log.warning("hub timer failed", extra={"work": work.__name__,
                                                        "error": repr(exc)})
+
+    async def _heartbeat_pass(self) -> None:
+        """Ping sockets silent for :data:`HEARTBEAT_S`; drop those that did not answer the
+        last ping within :data:`PONG_TIMEOUT_S` (anything received counts as an answer)."""
+        assert self._loop is not None
+        now = self._loop.time()
+        quiet_since = now - HEARTBEAT_S
+        for conn in list(self.connections):
+            if conn.pinged:
+                if now - conn.pinged > PONG_TIMEOUT_S:
+                    self.metrics.ws_closed.labels("heartbeat timeout").inc()
+                    conn.abort()
+            elif conn.heard < quiet_since:
+                conn.ping(now)
 
     async def _likes_pass(self) -> None:
         """Tap storms become one ``likes`` event per room per node per second."""

@@ -15,8 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from jsonschema import Draft202012Validator, FormatChecker
 
+from gateway.app import Runner
 from ledger.batcher import grant
 
 PASSWORD = "correct horse battery"
@@ -50,6 +52,13 @@ def unique_name(prefix: str = "u") -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
+class LivecoreTestServer(TestServer):
+    """aiohttp's test server, run as ``livecore serve`` runs the app (gateway.app.Runner)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return Runner(self.app, **kwargs)
+
+
 class ApiClient:
     """A thin wrapper over aiohttp's test client with the calls most tests need."""
 
@@ -59,7 +68,7 @@ class ApiClient:
     @classmethod
     @contextlib.asynccontextmanager
     async def serving(cls, app: web.Application) -> AsyncIterator[ApiClient]:
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(LivecoreTestServer(app)) as client:
             yield cls(client)
 
     async def request(

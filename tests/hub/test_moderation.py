@@ -226,6 +226,7 @@ async def test_heartbeat_drops_a_peer_that_stops_answering(node, monkeypatch):
     import gateway.hub
 
     monkeypatch.setattr(gateway.hub, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(gateway.hub, "PONG_TIMEOUT_S", 0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", node.api.client.port)
     writer.write(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

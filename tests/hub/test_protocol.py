@@ -1,6 +1,7 @@
 """The websocket protocol end to end: hello, chat, likes, presence, bad input."""
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import pytest
@@ -8,6 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from gateway.app import HUB_KEY
 from gateway.client import HubClient, HubError
 from livecore.wire import CLOSE_FLOODING, CLOSE_UNSUPPORTED_VERSION, MAX_FRAME_BYTES
 
@@ -39,6 +41,45 @@ async def test_a_bad_token_at_connect_is_refused_before_the_upgrade(node):
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
             await http.ws_connect(node.ws_url, headers={"Authorization": "Bearer nope"})
     assert caught.value.status == 401
+
+
+async def test_a_plain_get_of_the_websocket_endpoint_is_a_json_400(node):
+    response, body = await node.api.request("GET", "/ws")
+    assert response.status == 400
+    assert body["error"]["code"] == "not_a_websocket"
+    async with aiohttp.ClientSession() as http:  # a fresh connection: the lean path
+        async with http.get(node.ws_url.replace("ws://", "http://"),
+                            headers={"X-Request-Id": "probe-1"}) as fresh:
+            assert fresh.status == 400
+            assert fresh.headers["X-Request-Id"] == "probe-1"
+            assert (await fresh.json())["error"]["code"] == "not_a_websocket"
+
+
+async def test_upgrade_on_a_pooled_connection_is_served_like_any_other(node, live_room):
+    """A client that pools HTTP connections may send the upgrade on one it has used already:
+    aiohttp upgrades that one, and the hub serves it all the same."""
+    room, token = live_room
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(node.ws_url.replace("ws://", "http://").replace("/ws", "/healthz")):
+            pass
+        ws = await http.ws_connect(node.ws_url, protocols=["livecore.v1"],
+                                   headers={"Authorization": f"Bearer {token}"})
+        hub = node.api.client.server.app[HUB_KEY]
+        assert [c.upgraded_by_aiohttp for c in hub.connections] == [True]
+        assert ws.protocol == "livecore.v1"
+        hello = await ws.receive_json()
+        assert hello["type"] == "hello" and hello["user"] is not None
+        await ws.send_json({"type": "subscribe", "room": room, "id": "s1"})
+        await ws.send_json({"type": "chat", "room": room, "text": "pooled", "id": "c1"})
+        seen: list[dict[str, Any]] = []
+        while not any(m.get("type") == "chat.message" for m in seen):
+            seen.append(await asyncio.wait_for(ws.receive_json(), 10))
+        assert [m["id"] for m in seen if m["type"] == "ack"] == ["s1", "c1"]
+        await ws.send_bytes(b"\x00")
+        closing = await asyncio.wait_for(ws.receive(), 10)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1003
+    assert not hub.connections
 
 
 async def test_chat_round_trip_with_ack_and_sequence(node, live_room):
