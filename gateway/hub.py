@@ -24,9 +24,12 @@ transport's write buffer is the bounded queue: a socket whose buffer holds more 
 :data:`SLOW_CONSUMER_BYTES` is closed with 4008 and dropped from its rooms at once, so it can
 never delay the room. Messages to one client (acks, errors, recovery) use the same framing.
 
-Writing raw frames beside aiohttp's own writer is safe because aiohttp writes each
-uncompressed frame (pings, pongs, close) synchronously and whole, and the event loop runs one
-callback at a time, so frames never interleave (checked by the hub tests).
+Each socket is a :class:`Connection`, the asyncio protocol of its transport
+(:mod:`gateway.sockets`): frames in are parsed by the ``websockets`` library's sans-I/O
+protocol, frames out are written to the transport directly, and the event loop runs one
+callback at a time, so frames never interleave (on a pooled connection that aiohttp upgraded,
+aiohttp writes its pings and close frame, each whole and synchronously). An idle socket has
+no task and no queue.
 
 Subscribing with recovery: the connection is put on the room in *holding* mode (live frames
 are parked on the connection), the room's position and missed events are read from Redis,

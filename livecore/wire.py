@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 
@@ -370,6 +371,13 @@ def document() -> dict[str, Any]:
 # -- parsing client messages ----------------------------------------------------------------
 
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in CLIENT_SCHEMAS.items()}
+#: The same schemas compiled to Python (about 15 times faster than the validators above, on
+#: the path of every client message). They use only keywords both libraries implement the
+#: same way (checked by tests/unit/test_wire.py); formats are not asserted by either. A
+#: message they refuse is judged again by the reference validator, which has the last word
+#: and words the error.
+_COMPILED = {name: fastjsonschema.compile(schema, use_formats=False)
+             for name, schema in CLIENT_SCHEMAS.items()}
 
 
 @dataclass(frozen=True)
@@ -399,10 +407,15 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     if not isinstance(kind, str):
         raise ProtocolError("A message needs a string 'type'.", code="invalid_message",
                             id=message_id)
-    validator = _VALIDATORS.get(kind)
-    if validator is None:
+    compiled = _COMPILED.get(kind)
+    if compiled is None:
         raise ProtocolError(f"Unknown message type {kind!r}.", code="unknown_type", id=message_id)
-    error = next(iter(validator.iter_errors(message)), None)
+    try:
+        compiled(message)
+        return ClientMessage(kind, message_id, message)
+    except fastjsonschema.JsonSchemaValueException:
+        pass
+    error = next(iter(_VALIDATORS[kind].iter_errors(message)), None)
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "message"
         raise ProtocolError(f"Invalid {kind} message at {where}: {error.message}",

@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -50,3 +52,93 @@ def test_the_schema_document_is_valid_json_schema():
     for schema in [*CLIENT_SCHEMAS.values(), *SERVER_SCHEMAS.values()]:
         Draft202012Validator.check_schema(schema)
     Draft202012Validator.check_schema(document())
+
+
+#: Keywords that fastjsonschema (draft-07) and jsonschema (2020-12) implement alike.
+SHARED_KEYWORDS = {"type", "properties", "required", "additionalProperties", "const", "enum",
+                   "minLength", "maxLength", "minimum", "maximum", "pattern", "format",
+                   "description", "items"}
+
+
+def _keywords(schema, found):
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            found.add(key)
+            for sub in (value.values() if key == "properties" else [value]):
+                _keywords(sub, found)
+    elif isinstance(schema, list):
+        for item in schema:
+            _keywords(item, found)
+    return found
+
+
+def test_client_schemas_use_only_keywords_both_validators_share():
+    used: set[str] = set()
+    for schema in CLIENT_SCHEMAS.values():
+        _keywords(schema, used)
+    assert used <= SHARED_KEYWORDS, used - SHARED_KEYWORDS
+
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "auth": {"token": "lc_x"},
+    "subscribe": {"room": ROOM, "since": {"epoch": "e1", "seq": 3}},
+    "unsubscribe": {"room": ROOM},
+    "chat": {"room": ROOM, "text": "hi"},
+    "like": {"room": ROOM, "count": 3},
+    "ping": {},
+    "gift": {"room": ROOM, "gift_id": ROOM, "gift": "rose", "quantity": 2},
+}
+ODD_VALUES: list[Any] = [
+    None, True, 0, -1, 1, 99, 100, 1.5, "", "x" * 70, ROOM, ROOM.upper(), "not-a-uuid", [], {},
+    {"epoch": "e", "seq": -1}, {"epoch": "e", "seq": 2, "more": 1},
+]
+
+
+def _variants():
+    for kind, body in SAMPLES.items():
+        base = {"type": kind, "id": "m1", **body}
+        yield base
+        yield {**base, "unexpected": 1}
+        for field in base:
+            yield {k: v for k, v in base.items() if k != field}
+            for odd in ODD_VALUES:
+                yield {**base, field: odd}
+
+
+def test_the_compiled_and_the_reference_validators_agree():
+    """The fast path (fastjsonschema) accepts exactly what the reference (jsonschema) does:
+    every client message type, each field missing, extra or replaced by odd values."""
+    import orjson
+
+    checked = refused = 0
+    for message in _variants():
+        kind = message.get("type")
+        known = isinstance(kind, str) and kind in CLIENT_SCHEMAS
+        expected = known and Draft202012Validator(CLIENT_SCHEMAS[kind]).is_valid(message)
+        try:
+            parse_client_message(orjson.dumps(message))
+            accepted = True
+        except ProtocolError:
+            accepted = False
+        assert accepted == expected, message
+        checked += 1
+        refused += not accepted
+    assert checked > 400 and 0 < refused < checked
+
+
+def test_compiled_validators_alone_match_the_reference():
+    """The compiled validators on their own (not through the reference fallback)."""
+    import fastjsonschema
+
+    from livecore import wire
+
+    for message in _variants():
+        kind = message.get("type")
+        if not isinstance(kind, str) or kind not in CLIENT_SCHEMAS:
+            continue
+        try:
+            wire._COMPILED[kind](message)
+            fast = True
+        except fastjsonschema.JsonSchemaValueException:
+            fast = False
+        assert fast == Draft202012Validator(CLIENT_SCHEMAS[kind]).is_valid(message), message
