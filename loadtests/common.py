@@ -3,6 +3,7 @@ and the side-by-side table every benchmark prints (subject, baseline, ratio)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import subprocess
@@ -16,8 +17,55 @@ import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from websockets.frames import Frame, Opcode
 
 console = Console()
+
+
+#: The load generators' fixed Sec-WebSocket-Key (any 16 bytes, base64).
+WS_KEY = base64.b64encode(b"livecore-loadgen").decode()
+
+
+def masked(opcode: Opcode, payload: bytes) -> bytes:
+    """A client frame (clients must mask)."""
+    return Frame(opcode, payload).serialize(mask=True)
+
+
+def handshake(port: int, token: str | None) -> bytes:
+    """The upgrade request of a load generator's websocket (``livecore.v1``)."""
+    lines = [
+        "GET /ws HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+        "Connection: Upgrade", f"Sec-WebSocket-Key: {WS_KEY}", "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Protocol: livecore.v1",
+    ]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def next_frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:
+    """The next complete server frame in ``buf`` from ``pos``: (opcode, payload start, payload
+    end), or None if it has not all arrived (server frames are never masked)."""
+    size = len(buf)
+    if size - pos < 2:
+        return None
+    length = buf[pos + 1] & 0x7F
+    head = 2
+    if length == 126:
+        if size - pos < 4:
+            return None
+        length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+        head = 4
+    elif length == 127:
+        if size - pos < 10:
+            return None
+        length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+        head = 10
+    start = pos + head
+    end = start + length
+    if end > size:
+        return None
+    return buf[pos] & 0x0F, start, end
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:

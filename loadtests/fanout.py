@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
-import base64
 import contextlib
 import math
 import multiprocessing
@@ -80,7 +79,7 @@ import orjson
 import psutil
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.frames import Close, Frame, Opcode
+from websockets.frames import Close, Opcode
 
 from gateway.embedded import EmbeddedRedis
 from gateway.roombus import RoomBus
@@ -91,6 +90,9 @@ from loadtests.common import (
     console,
     cpu_seconds,
     free_port,
+    handshake,
+    masked,
+    next_frame,
     percentile,
     progress,
     server_cpu,
@@ -119,7 +121,6 @@ EVENT_PREFIX = b'{"seq":'
 MARKER = b'"text":"@'
 ACK_PREFIX = b'{"type":"ack"'
 ERROR_PREFIX = b'{"type":"error"'
-WS_KEY = base64.b64encode(b"livecore fan-out").decode()
 
 BASELINE_SERVER = """
 import asyncio
@@ -220,22 +221,6 @@ class Tally:
         self.last_receive = 0.0
 
 
-def masked(opcode: Opcode, payload: bytes) -> bytes:
-    """A client frame (clients must mask)."""
-    return Frame(opcode, payload).serialize(mask=True)
-
-
-def handshake(port: int, token: str | None) -> bytes:
-    lines = [
-        "GET /ws HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
-        "Connection: Upgrade", f"Sec-WebSocket-Key: {WS_KEY}", "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Protocol: livecore.v1",
-    ]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
 class LeanSocket(asyncio.Protocol):
     """A websocket client connection that subscribes to one room and then only counts.
 
@@ -303,24 +288,8 @@ class LeanSocket(asyncio.Protocol):
         tally = self.tally
         size = len(buf)
         now = 0.0
-        while size - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                head = 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            start = pos + head
-            end = start + length
-            if end > size:
-                break
-            opcode = buf[pos] & 0x0F
+        while (frame := next_frame(buf, pos)) is not None:
+            opcode, start, end = frame
             if opcode == 1:
                 if buf.startswith(EVENT_PREFIX, start):
                     tally.deliveries += 1
