@@ -56,5 +56,20 @@ async def test_audit_verify_passes_then_catches_damage(fresh_database, backend):
         assert done.returncode == 1
         assert "FAILED: balances_match_entries" in done.stdout
         assert "redis_matches_postgres" not in done.stdout.split("FAILED:")[1]
+
+        # A second debit for a gift (a balanced transfer of its own): applied twice.
+        await pool.execute("""
+            WITH t AS (INSERT INTO ledger_transfers (id, kind, created_at)
+                       VALUES (gen_random_uuid(), 'grant', now()) RETURNING id),
+                 g AS (SELECT id FROM gifts LIMIT 1),
+                 a AS (SELECT id FROM ledger_accounts WHERE kind = 'wallet' LIMIT 1)
+            INSERT INTO ledger_entries (transfer_id, account_id, amount, gift_id)
+            SELECT t.id, a.id, x.amount, CASE WHEN x.amount < 0 THEN g.id END
+            FROM t, g, a, (VALUES (-1), (1)) AS x (amount)
+        """)
+        done = run(["audit", "verify"], env)
+        assert done.returncode == 1
+        failed = done.stdout.split("FAILED:")[1]
+        assert "gifts_applied_once" in failed and "entries_name_real_gifts" in failed
     finally:
         await pool.close()

@@ -195,7 +195,7 @@ def make_machine(database_url: str, redis_url: str, prefix: str) -> type[RuleBas
                 rows = await self.pool.fetch(
                     "SELECT owner_id, kind, balance FROM ledger_accounts"
                     " WHERE owner_id = ANY($1::uuid[])", self.senders + self.creators)
-                checks = await verify_postgres(self.pool)
+                checks = await verify_postgres(self.pool, analyze=False)
                 totals = {s: (await self.projection.totals(s)).coins for s in self.streams}
                 return ({(r["owner_id"], r["kind"]): r["balance"] for r in rows}, checks,
                         totals)
