@@ -80,6 +80,7 @@ COMBO_SCAN_S = 0.25
 #: At most one ``leaderboard.updated`` per room per this many seconds, per node.
 BOARD_EVENT_INTERVAL_S = 1.0
 BOARD_CACHE_TTL_S = 3600
+MAX_CACHED_NAMES = 100_000
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _READ_ERRORS: tuple[type[BaseException], ...] = (*_REDIS_ERRORS, *UNAVAILABLE_ERRORS)
 
@@ -131,6 +132,9 @@ class GiftService:
         #: Rooms with a leaderboard event scheduled, and when each may have its next one.
         self._board_due: set[str] = set()
         self._board_next: dict[str, float] = {}
+        #: Usernames of gifters (they never change), learnt from the gifts themselves, so a
+        #: room's leaderboard event needs no database query for its names.
+        self._names: dict[str, str] = {}
         self._catalogue: dict[str, GiftType] = {}
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
@@ -334,8 +338,11 @@ class GiftService:
                 events.extend(self._events(item, result))
             if events:
                 await self._publish_many(events)
+            if len(self._names) > MAX_CACHED_NAMES:
+                self._names.clear()
             for item, result in zip(group, applied, strict=True):
                 if result.counted:
+                    self._names[str(item.sender.id)] = item.sender.username
                     self._schedule_board(str(item.outcome.order.stream_id))
 
     def _events(self, item: _Settling, applied: Applied
@@ -442,12 +449,12 @@ class GiftService:
                 board: dict[str, Any] = orjson.loads(cached)
                 return board
         totals = await self.projection.totals(stream_id, top=ROOM_BOARD_TOP)
-        names: dict[str, str] = {}
-        if totals.top:
+        names = self._names
+        missing = [uuid.UUID(user) for user, _ in totals.top if user not in names]
+        if missing:
             rows = await self.services.pool.fetch(
-                "SELECT id, username FROM users WHERE id = ANY($1::uuid[])",
-                [uuid.UUID(user) for user, _ in totals.top])
-            names = {str(r["id"]): r["username"] for r in rows}
+                "SELECT id, username FROM users WHERE id = ANY($1::uuid[])", missing)
+            names.update((str(r["id"]), r["username"]) for r in rows)
         board = {"coins": totals.coins, "gifts": totals.gifts,
                  "top": [{"user": {"id": user, "username": names.get(user, "")}, "coins": coins}
                          for user, coins in totals.top]}

@@ -389,9 +389,14 @@ class RedisProjection:
     # -- reading --------------------------------------------------------------------------
 
     async def totals(self, stream_id: uuid.UUID, *, top: int = 10) -> StreamTotals:
-        raw = await self._redis.hgetall(self._stream_key(stream_id, "totals"))
-        board = await self._board(self._stream_key(stream_id, "top"), top)
-        return StreamTotals(int(raw.get(b"coins", 0)), int(raw.get(b"gifts", 0)), board)
+        """The stream's totals and its top gifters, read together (MULTI/EXEC: one round trip,
+        and no gift applied between the two reads)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(self._stream_key(stream_id, "totals"))
+        pipe.zrevrange(self._stream_key(stream_id, "top"), 0, top - 1, withscores=True)
+        raw, board = await pipe.execute()
+        return StreamTotals(int(raw.get(b"coins", 0)), int(raw.get(b"gifts", 0)),
+                            [(member.decode(), int(score)) for member, score in board])
 
     async def creator_board(self, creator_id: uuid.UUID, *, week: str | None,
                             top: int = 10) -> list[tuple[str, int]]:

@@ -210,3 +210,21 @@ async def test_a_burst_of_gifts_gives_few_leaderboard_events_and_the_last_is_who
         coins = [b["data"]["coins"] for b in boards]
         assert coins == sorted(coins) and coins[-1] == burst
         assert len(watcher.events_of("gift.sent")) == burst
+
+
+async def test_leaderboard_names_come_from_gifts_or_the_database(node, economy, services):
+    """A room's board names its gifters: from the gifts this node settled, or, for gifters it
+    has not seen (sent through another node, or before a restart), from the database."""
+    api, room = node.api, economy["stream"]
+    _, me = await api.request("GET", "/api/v1/me", token=economy["viewer"])
+    async with node.client() as watcher:
+        await watcher.subscribe(room)
+        await send_gift(api, economy["viewer"], room, "rose")
+        # The name is learnt before the board event is scheduled.
+        await watcher.next_event("leaderboard.updated")
+    assert economy["viewer_id"] in services.gifts._names
+    stream = StreamId(uuid.UUID(room))
+    learnt = await services.gifts.room_board(stream, fresh=True)
+    assert learnt["top"][0]["user"] == {"id": economy["viewer_id"], "username": me["username"]}
+    services.gifts._names.clear()
+    assert await services.gifts.room_board(stream, fresh=True) == learnt
