@@ -87,3 +87,21 @@ async def test_dependencies_going_away_answer_503_and_recover(own_servers):
             assert response.status == 200
     finally:
         await services.close()
+
+
+async def test_a_pooled_connection_comes_back_without_a_transaction_left_open(fresh_database):
+    """The pool's light reset (ledger.postgres) still ends what a caller left open."""
+    from ledger.postgres import create_pool
+
+    pool = await create_pool(fresh_database, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TABLE left_open (x int)")
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == backend  # the same one
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+    finally:
+        await pool.close()
