@@ -183,6 +183,11 @@ class Connection(ServerSocket):
     def on_close_sent(self, reason: str) -> None:
         self.hub.metrics.ws_closed.labels(reason).inc()
 
+    def on_closing(self) -> None:
+        # Out of its rooms at once: the close handshake may take seconds (a slow consumer's
+        # close frame waits behind its unsent data), and nothing more is written meanwhile.
+        self.hub.leave_all(self)
+
     def on_closed(self) -> None:
         self.hub.closed(self)
 
@@ -396,7 +401,7 @@ class Hub:
                         continue
             writes += 1
             if not conn.write(payload) and conn.closing:
-                self._leave_all(conn)
+                self.leave_all(conn)
         self.metrics.ws_writes.inc(writes)
         start += FLUSH_CHUNK
         if start < len(targets):
@@ -460,7 +465,7 @@ class Hub:
             state=stream.state.value, rules=rules,
         )
 
-    def _leave_all(self, conn: Connection) -> None:
+    def leave_all(self, conn: Connection) -> None:
         for room_id in list(conn.rooms):
             self._leave(conn, room_id)
 
@@ -528,7 +533,7 @@ class Hub:
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        self._leave_all(conn)
+        self.leave_all(conn)
         if self.stopping and not self.connections:
             self._all_closed.set()
 
@@ -632,6 +637,8 @@ class Hub:
             conn.rooms.discard(room_id)
             room.connections.discard(conn)
             raise
+        if conn.closing:  # closed meanwhile (and left its rooms): nothing more to send
+            return
         if conn.user is not None and len(room.joined) < MAX_JOINS_SAMPLED:
             room.joined.append(conn.user.username)
         reply: dict[str, Any] = {"type": "ack", "result": result}

@@ -272,6 +272,10 @@ class ServerSocket(asyncio.Protocol):
     def on_close_sent(self, reason: str) -> None:
         """The server is closing this socket (``reason`` for metrics)."""
 
+    def on_closing(self) -> None:
+        """The socket takes no more messages and gets no more writes (whoever closes it);
+        :meth:`on_closed` follows when the connection is gone."""
+
     # -- the transport ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -306,7 +310,9 @@ class ServerSocket(asyncio.Protocol):
         if self._gone:
             return
         self._gone = True
-        self.closing = True
+        if not self.closing:
+            self.closing = True
+            self.on_closing()
         if self._abort is not None:
             self._abort.cancel()
             self._abort = None
@@ -379,6 +385,7 @@ class ServerSocket(asyncio.Protocol):
         if not self.closing and frames.state is not State.OPEN:
             # The client closed, or a bad frame failed the connection: no more messages.
             self.closing = True
+            self.on_closing()
             sent = frames.close_sent
             if sent is not None and frames.close_rcvd is None:
                 self.close_code, self.close_reason = sent.code, sent.reason
@@ -402,6 +409,7 @@ class ServerSocket(asyncio.Protocol):
         self.closing = True
         self.close_code, self.close_reason = code, reason
         self.on_close_sent(reason)
+        self.on_closing()
         if self._aiohttp is not None:
             task = asyncio.get_running_loop().create_task(
                 self._aiohttp.close(code=code, message=reason.encode()))
