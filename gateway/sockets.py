@@ -184,7 +184,7 @@ class Upgrade(asyncio.Protocol):
             return
         if request_id is not None:
             response.headers["X-Request-Id"] = request_id
-        self._log(request, 101)
+        self._log(101, request_id)
         transport.write(response.serialize())
         leftover = bytes(self.handshake.reader.buffer)
         self.handshake = ServerProtocol(max_size=None)  # drop the parsed request now
@@ -213,14 +213,13 @@ class Upgrade(asyncio.Protocol):
         response = Response(error.status, http.HTTPStatus(error.status).phrase, headers, body)
         transport.write(response.serialize())
         transport.close()
-        self.door.observe(error.status, time.perf_counter() - self.started)
-        access_log.info("request", extra={"method": "GET", "route": WS_PATH,
-                                          "status": error.status})
+        self._log(error.status, request_id)
 
-    def _log(self, request: Request, status: int) -> None:
+    def _log(self, status: int, request_id: str | None) -> None:
         elapsed = time.perf_counter() - self.started
         self.door.observe(status, elapsed)
-        access_log.info("request", extra={"method": "GET", "route": WS_PATH, "status": status,
+        access_log.info("request", extra={"request_id": request_id, "method": "GET",
+                                          "route": WS_PATH, "path": WS_PATH, "status": status,
                                           "duration_ms": round(elapsed * 1000, 2)})
 
     def connection_lost(self, exc: Exception | None) -> None:
