@@ -43,6 +43,18 @@ def handshake(port: int, token: str | None) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def upgrade_answer(buf: bytes) -> int | str | None:
+    """The server's answer to a load generator's upgrade request, read from the start of
+    ``buf``: None until all of it has arrived; the offset of the first frame after a
+    ``101``; the status line of a refusal."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    if not buf.startswith(b"HTTP/1.1 101"):
+        return buf[: buf.find(b"\r\n")].decode(errors="replace")
+    return end + 4
+
+
 def next_frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:
     """The next complete server frame in ``buf`` from ``pos``: (opcode, payload start, payload
     end), or None if it has not all arrived (server frames are never masked)."""

@@ -97,6 +97,7 @@ from loadtests.common import (
     progress,
     server_cpu,
     serving_pids,
+    upgrade_answer,
 )
 from loadtests.common import server_process as _server_process
 
@@ -269,20 +270,19 @@ class LeanSocket(asyncio.Protocol):
         buf = self.buffer + data if self.buffer else data
         pos = 0
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            answer = upgrade_answer(buf)
+            if answer is None:
                 self.buffer = buf
                 return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                status = buf[: buf.find(b"\r\n")].decode(errors="replace")
+            if isinstance(answer, str):
                 if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(status))
+                    self.ready.set_exception(ConnectionError(answer))
                 self.buffer = b""
                 assert self.transport is not None
                 self.transport.close()
                 return
             self.upgraded = True
-            pos = end + 4
+            pos = answer
             assert self.transport is not None
             self.transport.write(self.subscribe)
         tally = self.tally

@@ -77,6 +77,7 @@ from loadtests.common import (
     progress,
     server_cpu,
     server_process,
+    upgrade_answer,
 )
 
 COINS_EACH = 10**9
@@ -350,19 +351,18 @@ class GiftSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data if self.buffer else data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            answer = upgrade_answer(buf)
+            if answer is None:
                 self.buffer = buf
                 return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                status = buf[: buf.find(b"\r\n")].decode(errors="replace")
+            if isinstance(answer, str):
                 if not self.hello.done():
-                    self.hello.set_exception(ConnectionError(status))
+                    self.hello.set_exception(ConnectionError(answer))
                 assert self.transport is not None
                 self.transport.close()
                 return
             self.upgraded = True
-            buf = buf[end + 4:]
+            buf = buf[answer:]
         # Answers: from where the last read stopped; one not all received stops the search.
         done = len(buf)
         parsed_end = self.scan_from
