@@ -139,6 +139,7 @@ class GiftService:
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
         self._users = 0
+        self._stopping = False
         #: Live streams (id -> stream, cached at) and creators' cuts (creator -> bp, at).
         self._streams: dict[uuid.UUID, tuple[Stream, float]] = {}
         self._terms: dict[uuid.UUID, tuple[int, float]] = {}
@@ -151,6 +152,7 @@ class GiftService:
         """Start with the first application that uses it (tests run several at once)."""
         self._users += 1
         if self._users == 1:
+            self._stopping = False
             await self.seed_catalogue()
             await self.batcher.start()
             self._watch = asyncio.create_task(self._watch_projection(), name="projection")
@@ -159,6 +161,9 @@ class GiftService:
     async def stop(self) -> None:
         self._users -= 1
         if self._users == 0:
+            # The loops also stop by this flag: redis-py can swallow a cancellation that
+            # arrives while a command is in flight, and the task would then go on forever.
+            self._stopping = True
             for task in (self._watch, self._scan, *self._tasks):
                 if task is not None:
                     task.cancel()
@@ -183,6 +188,8 @@ class GiftService:
                 raise
             except Exception as exc:
                 log.warning("projection check failed", extra={"error": repr(exc)})
+            if self._stopping:
+                return
             await asyncio.sleep(PROJECTION_CHECK_S)
 
     async def _scan_combos(self) -> None:
@@ -199,6 +206,8 @@ class GiftService:
             now = time.monotonic()
             for room in [r for r, at in self._board_next.items() if at < now]:
                 del self._board_next[room]
+            if self._stopping:
+                return
             await asyncio.sleep(COMBO_SCAN_S)
 
     async def seed_catalogue(self) -> None:

@@ -290,7 +290,7 @@ class Hub:
             await asyncio.wait_for(event.wait(), 10)
 
     async def _read_pubsub(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 async for message in self._pubsub.listen():
                     kind = message["type"]
@@ -307,6 +307,8 @@ class Hub:
                 # Redis went away: events published meanwhile are lost to live delivery;
                 # clients see a gap in seq and resubscribe with `since` (docs/protocol.md).
                 log.warning("pub/sub connection lost; resubscribing", extra={"error": repr(exc)})
+            if self.stopping:
+                return
             await asyncio.sleep(1.0)
             with contextlib.suppress(Exception):
                 old, self._pubsub = self._pubsub, self.services.redis.pubsub()
@@ -804,7 +806,8 @@ class Hub:
     # -- timers -----------------------------------------------------------------------------
 
     async def _tick(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        # Also ends by the flag: redis-py can swallow a cancellation that arrives mid-command.
+        while not self.stopping:
             await asyncio.sleep(interval_s)
             try:
                 await work()
