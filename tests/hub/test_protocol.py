@@ -204,6 +204,14 @@ async def test_oversized_frames_close_with_1009(node):
     assert client.close_code == 1009
 
 
+async def test_a_message_in_fragments_is_one_message(node):
+    async with node.client() as client:
+        await client.connection.send(['{"type": ', '"ping", ', '"id": "f1"}'])
+        pong = await client.next_event("pong")
+        assert pong["id"] == "f1"
+        assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
 async def test_binary_frames_close_with_1003(node):
     async with node.client() as client:
         await client.connection.send(b"\x00\x01")
