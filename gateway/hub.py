@@ -122,7 +122,6 @@ LIKES_INTERVAL_S = 1.0
 IDLE_ROOM_S = 30.0
 NODE_TTL_S = 10
 MAX_JOINS_SAMPLED = 5
-SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 SNAPSHOT_SCAN_EVENTS = RECENT_CHAT_IN_SNAPSHOT * 4
 #: Sockets written per slice of a flush before the event loop gets a turn.
 FLUSH_CHUNK = 1000
@@ -267,7 +266,7 @@ class Hub:
             conn.close(CLOSE_GOING_AWAY, "server shutting down")
         if self.connections:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), SHUTDOWN_CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self._all_closed.wait(), CLOSE_TIMEOUT_S)
         for conn in list(self.connections):
             conn.abort()
         with contextlib.suppress(Exception):
@@ -402,8 +401,7 @@ class Hub:
                     if not payload:
                         continue
             writes += 1
-            if not conn.write(payload) and conn.closing:
-                self.leave_all(conn)
+            conn.write(payload)  # a socket it closes leaves its rooms (Connection.on_closing)
         self.metrics.ws_writes.inc(writes)
         start += FLUSH_CHUNK
         if start < len(targets):
