@@ -396,7 +396,7 @@ class RedisProjection:
         pipe.zrevrange(self._stream_key(stream_id, "top"), 0, top - 1, withscores=True)
         raw, board = await pipe.execute()
         return StreamTotals(int(raw.get(b"coins", 0)), int(raw.get(b"gifts", 0)),
-                            [(member.decode(), int(score)) for member, score in board])
+                            _board_rows(board))
 
     async def creator_board(self, creator_id: uuid.UUID, *, week: str | None,
                             top: int = 10) -> list[tuple[str, int]]:
@@ -406,8 +406,7 @@ class RedisProjection:
         return await self._board(key, top)
 
     async def _board(self, key: str, top: int) -> list[tuple[str, int]]:
-        board = await self._redis.zrevrange(key, 0, top - 1, withscores=True)
-        return [(member.decode(), int(score)) for member, score in board]
+        return _board_rows(await self._redis.zrevrange(key, 0, top - 1, withscores=True))
 
     # -- rebuild and reconcile ------------------------------------------------------------
 
@@ -568,3 +567,8 @@ async def postgres_creator_boards(pool: Any, creator_id: uuid.UUID,
             " GROUP BY 1, 2", creator_id, kept_weeks_since(now)):
         boards.setdefault(r["week"], []).append((str(r["sender_id"]), int(r["coins"])))
     return boards
+
+
+def _board_rows(board: list[tuple[bytes, float]]) -> list[tuple[str, int]]:
+    """A sorted set read with its scores, as (member, coins)."""
+    return [(member.decode(), int(score)) for member, score in board]
