@@ -16,7 +16,6 @@ the Redis key prefix ``lctest:<random>:`` (deleted at the end), so runs never co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import secrets
@@ -36,7 +35,7 @@ from gateway.embedded import EmbeddedServers
 from gateway.services import Services
 from ledger.migrate import migrate
 from livecore.settings import Secret, Settings
-from tests.support import ApiClient, database_url_for
+from tests.support import ApiClient, database_url_for, own_database
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -147,36 +146,17 @@ async def api(services: Services) -> AsyncIterator[ApiClient]:
         yield client
 
 
-@contextlib.asynccontextmanager
-async def _own_database(backend: Backend, *, migrated: bool) -> AsyncIterator[str]:
-    name = f"livecore_own_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(backend.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(backend.admin_url, name)
-    try:
-        if migrated:
-            conn = await asyncpg.connect(url)
-            try:
-                await migrate(conn)
-            finally:
-                await conn.close()
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 @pytest.fixture
 async def empty_database(backend: Backend) -> AsyncIterator[str]:
     """A database of the test's own, with no schema (dropped afterwards)."""
-    async with _own_database(backend, migrated=False) as url:
+    async with own_database(backend, migrated=False) as url:
         yield url
 
 
 @pytest.fixture
 async def fresh_database(backend: Backend) -> AsyncIterator[str]:
     """A migrated database of the test's own, for tests that damage or count everything."""
-    async with _own_database(backend, migrated=True) as url:
+    async with own_database(backend, migrated=True) as url:
         yield url
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
+import secrets
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
@@ -20,6 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from gateway.app import Runner
 from ledger.batcher import grant
+from ledger.migrate import migrate
 
 PASSWORD = "correct horse battery"
 
@@ -46,6 +49,27 @@ def assert_matches(schema: dict[str, Any], body: Any) -> None:
 def database_url_for(admin_url: str, name: str) -> str:
     """The admin URL pointed at database ``name`` (unix-socket URLs keep their ?host=)."""
     return urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+
+
+@contextlib.asynccontextmanager
+async def own_database(backend: Any, *, migrated: bool) -> AsyncIterator[str]:
+    """A database of the caller's own on ``backend``'s server (migrated if asked), dropped
+    on exit."""
+    name = f"livecore_own_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(backend.admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(backend.admin_url, name)
+    try:
+        if migrated:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 def unique_name(prefix: str = "u") -> str:
