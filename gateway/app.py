@@ -16,6 +16,7 @@ from gateway.finance_api import FINANCE_ROUTES
 from gateway.gift_api import GIFT_ROUTES
 from gateway.http import METRICS_KEY, edge_middleware, json_response
 from gateway.hub import Hub
+from gateway.media import add_media_routes
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.openapi import build_document
 from gateway.services import Services
@@ -97,6 +98,7 @@ def create_app(services: Services) -> web.Application:
     hub = Hub(services, metrics_registry)
     app[HUB_KEY] = hub
     app.router.add_get(WS_PATH, hub.handle)
+    add_media_routes(app, services)
 
     async def start_hub(app: web.Application) -> None:
         await services.gifts.start()

@@ -175,6 +175,14 @@ class Settings:
             "once).",
         ),
     )
+    media_grace_s: float = field(
+        default=10.0,
+        metadata=_env(
+            "LIVECORE_MEDIA_GRACE_S",
+            "After a WHIP publisher leaves, seconds its stream stays live for it to come back "
+            "before the stream ends.",
+        ),
+    )
     max_connections: int = field(
         default=0,
         metadata=_env(
@@ -243,6 +251,7 @@ class Settings:
             "worker_interval_s",
             "processes",
             "reconcile_interval_s",
+            "media_grace_s",
         )
         for f in dataclasses.fields(self):
             if f.name in positive and getattr(self, f.name) <= 0:

@@ -1,0 +1,539 @@
+"""Live video: WHIP ingest and WHEP playback by forwarding encoded frames (RFC 9725).
+
+A publisher ``POST``s an SDP offer to ``/whip/{stream_id}`` with its stream key; viewers
+``POST`` theirs to ``/whep/{stream_id}``. Each gets an SDP answer and a session URL to
+``PATCH`` (trickle ICE) and ``DELETE``.
+
+No frame is decoded or encoded per viewer. aiortc has no public API for forwarding, so the
+receiver's decoder thread is replaced, for the publisher's tracks only, by one that hands on the
+reassembled encoded frame as an ``av.Packet`` (:func:`install_forwarding`); ``RTCRtpSender``
+packetises such a packet again without encoding it. This hooks ``aiortc.rtcrtpreceiver``'s
+``decoder_worker`` and two private methods (``RTCRtpReceiver._send_rtcp_pli``,
+``RTCRtpSender._send_keyframe``): aiortc is pinned in pyproject.toml and the hooks are covered
+by tests/media.
+
+A new viewer starts on a keyframe (its video waits for one, and the publisher is asked for
+one); a viewer's keyframe request (PLI) is passed on to the publisher, at most once per
+:data:`PLI_INTERVAL_S`. The stream goes live when the publisher's first media arrives and ends
+:data:`GRACE_S` after the publisher leaves, unless it comes back meanwhile.
+
+The sessions live in this process: run one serving process (``LIVECORE_PROCESSES=1``) for
+media until sessions are routed between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import hmac
+import logging
+import secrets
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import av
+from aiohttp import web
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+    rtcrtpreceiver,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from gateway import auth
+from gateway.api import publish_state
+from gateway.http import error_response
+from gateway.services import Services, utc_now
+from livecore.errors import ClientError, Conflict, LivecoreError, NotFound, Unauthenticated
+from livecore.ids import StreamId
+from livecore.media import (
+    SDP_TYPE,
+    TRICKLE_TYPE,
+    MalformedSdp,
+    OfferSummary,
+    is_keyframe,
+    parse_trickle,
+    summarize_offer,
+)
+from livecore.streams import StreamEvent, StreamState
+
+log = logging.getLogger(__name__)
+
+#: After the publisher leaves, how long the stream stays live for it to come back.
+GRACE_S = 10.0
+#: Keyframe requests passed on to the publisher: at most one per this interval.
+PLI_INTERVAL_S = 0.3
+#: Frames queued for one viewer before it is considered slow (it then skips to a keyframe).
+VIEWER_QUEUE = 90
+#: Video codecs the gateway takes, best first: H.264 needs no re-encoding for HLS.
+VIDEO_CODECS = ("video/H264", "video/VP8")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+# -- forwarding instead of decoding ------------------------------------------------------------
+
+#: The queues of the remote tracks whose frames are forwarded, not decoded.
+_FORWARDED: weakref.WeakSet[asyncio.Queue[Any]] = weakref.WeakSet()
+_FORWARDED_LOCK = threading.Lock()
+_original_worker = rtcrtpreceiver.decoder_worker
+
+
+def _forwarding_worker(loop: asyncio.AbstractEventLoop, input_q: Any,
+                       output_q: asyncio.Queue[Any], decode_error: threading.Event) -> None:
+    """aiortc's decoder thread, except for forwarded tracks: their encoded frames are put on
+    the track's queue as ``av.Packet``s (pts in the codec's clock), undecoded."""
+    with _FORWARDED_LOCK:
+        forwarded = output_q in _FORWARDED
+    if not forwarded:
+        _original_worker(loop, input_q, output_q, decode_error)
+        return
+    while True:
+        task = input_q.get()
+        if task is None:
+            asyncio.run_coroutine_threadsafe(output_q.put(None), loop)
+            return
+        codec, encoded = task
+        packet = av.Packet(encoded.data)
+        packet.pts = encoded.timestamp
+        packet.time_base = fractions.Fraction(1, codec.clockRate)
+        asyncio.run_coroutine_threadsafe(output_q.put((codec.name, packet)), loop)
+
+
+def install_forwarding() -> None:
+    """Route aiortc's receivers through :func:`_forwarding_worker` (idempotent)."""
+    rtcrtpreceiver.decoder_worker = _forwarding_worker
+
+
+def forward(track: MediaStreamTrack) -> None:
+    """Mark a remote track (before its receiver starts) as forwarded: its ``recv()`` then
+    returns ``(codec name, av.Packet)`` pairs."""
+    with _FORWARDED_LOCK:
+        _FORWARDED.add(track._queue)  # type: ignore[attr-defined]
+
+
+# -- fan-out -------------------------------------------------------------------------------
+
+
+class ViewerTrack(MediaStreamTrack):
+    """What one viewer's sender reads: the publisher's packets of one kind, from a keyframe on."""
+
+    def __init__(self, kind: str, on_keyframe_needed: Callable[[], None]) -> None:
+        super().__init__()
+        self.kind = kind
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue()
+        self._until_keyframe = kind == "video"
+        self._on_keyframe_needed = on_keyframe_needed
+        self.skipped = 0
+
+    def offer(self, packet: av.Packet[Any], keyframe: bool) -> None:
+        if self._until_keyframe and not keyframe:
+            self.skipped += 1
+            return
+        if self._queue.qsize() >= VIEWER_QUEUE:  # too slow: drop what waits, restart on a key
+            while not self._queue.empty():
+                self._queue.get_nowait()
+                self.skipped += 1
+            if self.kind == "video":
+                self._until_keyframe = True
+                self._on_keyframe_needed()
+                return
+        self._until_keyframe = False
+        self._queue.put_nowait(packet)
+
+    def finish(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            self.stop()
+            raise MediaStreamError
+        return packet
+
+
+class Broadcast:
+    """One live stream's publisher and viewers in this process."""
+
+    def __init__(self, hub: MediaHub, stream_id: StreamId) -> None:
+        self.hub = hub
+        self.stream_id = stream_id
+        self.publisher: Session | None = None
+        self.viewers: dict[str, tuple[Session, dict[str, ViewerTrack]]] = {}
+        self.video_codec: str | None = None
+        self.video_receiver: RTCRtpReceiver | None = None
+        self.video_ssrc: int | None = None
+        self.live = False
+        self._last_pli = 0.0
+        self._end_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (a PLI), at most once per PLI_INTERVAL_S."""
+        now = time.monotonic()
+        receiver, ssrc = self.video_receiver, self.video_ssrc
+        if receiver is None or ssrc is None or now - self._last_pli < PLI_INTERVAL_S:
+            return
+        self._last_pli = now
+        self._spawn(receiver._send_rtcp_pli(ssrc))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def pump(self, track: MediaStreamTrack) -> None:
+        """Read the publisher's packets of one track and offer them to every viewer."""
+        kind = track.kind
+        while True:
+            try:
+                codec, packet = await track.recv()  # type: ignore[misc]  # see forward()
+            except MediaStreamError:
+                return
+            if not self.live:
+                await self.hub.went_live(self)
+            keyframe = kind != "video" or is_keyframe(codec, bytes(packet))
+            if kind == "video":
+                self.video_codec = codec
+            for _, tracks in list(self.viewers.values()):
+                viewer_track = tracks.get(kind)
+                if viewer_track is not None:
+                    viewer_track.offer(packet, keyframe)
+
+    def cancel_end(self) -> None:
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
+
+    def end_later(self, delay: float) -> None:
+        self.cancel_end()
+        self._end_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self.hub.end_broadcast(self)))
+
+
+class Session:
+    """One WHIP or WHEP peer connection, addressed by its session URL."""
+
+    def __init__(self, session_id: str, kind: str, broadcast: Broadcast,
+                 pc: RTCPeerConnection, offer: OfferSummary) -> None:
+        self.id = session_id
+        self.kind = kind  # "whip" or "whep"
+        self.broadcast = broadcast
+        self.pc = pc
+        self.offer = offer
+
+    @property
+    def path(self) -> str:
+        return f"/{self.kind}/{self.broadcast.stream_id}/{self.id}"
+
+
+class MediaHub:
+    """Every WHIP and WHEP session of this process."""
+
+    def __init__(self, services: Services, *, grace_s: float = GRACE_S) -> None:
+        self.services = services
+        self.grace_s = grace_s
+        self.broadcasts: dict[StreamId, Broadcast] = {}
+        self.sessions: dict[str, Session] = {}
+        install_forwarding()
+
+    # -- publishing --
+
+    async def publish(self, stream_id: StreamId, offer_sdp: str) -> tuple[Session, str]:
+        offer = summarize_offer(offer_sdp)
+        broadcast = self.broadcasts.get(stream_id)
+        if broadcast is not None and broadcast.publisher is not None:
+            raise Conflict("This stream already has a publisher.", code="already_live")
+        if broadcast is None:
+            broadcast = self.broadcasts[stream_id] = Broadcast(self, stream_id)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = Session(secrets.token_urlsafe(18), "whip", broadcast, pc, offer)
+        for kind in offer.kinds:
+            transceiver = pc.addTransceiver(kind, direction="recvonly")
+            if kind == "video":
+                capabilities = RTCRtpReceiver.getCapabilities("video")
+                codecs = capabilities.codecs if capabilities is not None else []
+                preferred = [c for name in VIDEO_CODECS for c in codecs if c.mimeType == name]
+                rtx = [c for c in codecs if c.mimeType == "video/rtx"]
+                transceiver.setCodecPreferences(preferred + rtx)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            forward(track)
+            if track.kind == "video":
+                for transceiver in pc.getTransceivers():
+                    if transceiver.receiver.track is track:
+                        broadcast.video_receiver = transceiver.receiver
+                broadcast.video_ssrc = offer.video_ssrc
+            broadcast._spawn(broadcast.pump(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.leave(session)
+
+        answer = await self._answer(pc, offer_sdp)
+        broadcast.publisher = session
+        broadcast.cancel_end()
+        self.sessions[session.id] = session
+        return session, answer
+
+    async def went_live(self, broadcast: Broadcast) -> None:
+        broadcast.live = True
+        stream = await self.services.streams.get(broadcast.stream_id)
+        if stream.state is StreamState.CREATED:
+            stream = await self.services.streams.transition(stream.id, StreamEvent.START,
+                                                            utc_now())
+            await publish_state(self.services, stream)
+            log.info("stream live", extra={"stream_id": str(stream.id)})
+
+    async def end_broadcast(self, broadcast: Broadcast) -> None:
+        """The publisher did not come back: end the stream and its viewers' sessions."""
+        if broadcast.publisher is not None:
+            return
+        self.broadcasts.pop(broadcast.stream_id, None)
+        for session, tracks in list(broadcast.viewers.values()):
+            for track in tracks.values():
+                track.finish()
+            await self.leave(session)
+        stream = await self.services.streams.get(broadcast.stream_id)
+        if stream.state is not StreamState.ENDED:
+            with contextlib.suppress(Conflict):
+                stream = await self.services.streams.transition(stream.id, StreamEvent.END,
+                                                                utc_now())
+                await publish_state(self.services, stream)
+                log.info("stream ended: publisher gone", extra={"stream_id": str(stream.id)})
+
+    # -- playing --
+
+    async def play(self, stream_id: StreamId, offer_sdp: str) -> tuple[Session, str]:
+        offer = summarize_offer(offer_sdp)
+        broadcast = self.broadcasts.get(stream_id)
+        if broadcast is None or broadcast.publisher is None or not broadcast.live:
+            raise Conflict("The stream is not live: nothing to watch yet.",
+                           code="stream_not_live")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = Session(secrets.token_urlsafe(18), "whep", broadcast, pc, offer)
+        tracks: dict[str, ViewerTrack] = {}
+        for kind in offer.kinds:
+            if kind in tracks:
+                continue
+            track = tracks[kind] = ViewerTrack(kind, broadcast.request_keyframe)
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if kind == "video" and broadcast.video_codec is not None:
+                capabilities = RTCRtpSender.getCapabilities("video")
+                codecs = capabilities.codecs if capabilities is not None else []
+                same = [c for c in codecs if c.mimeType == f"video/{broadcast.video_codec}"]
+                rtx = [c for c in codecs if c.mimeType == "video/rtx"]
+                transceiver.setCodecPreferences(same + rtx)
+                # The viewer's keyframe requests go to the publisher (nothing is encoded here).
+                transceiver.sender._send_keyframe = broadcast.request_keyframe  # type: ignore[method-assign]
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.leave(session)
+
+        answer = await self._answer(pc, offer_sdp)
+        broadcast.viewers[session.id] = (session, tracks)
+        self.sessions[session.id] = session
+        broadcast.request_keyframe()
+        return session, answer
+
+    # -- both --
+
+    async def _answer(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, KeyError, IndexError) as exc:
+            await pc.close()
+            raise MalformedSdp(f"The SDP offer could not be used: {exc}") from None
+        except BaseException:
+            await pc.close()
+            raise
+        return str(pc.localDescription.sdp)
+
+    async def trickle(self, session: Session, fragment: str) -> None:
+        for found in parse_trickle(fragment, session.offer.ice_ufrag):
+            candidate = candidate_from_sdp(found.candidate)
+            candidate.sdpMid = found.mid
+            candidate.sdpMLineIndex = found.line_index
+            await session.pc.addIceCandidate(candidate)
+
+    async def leave(self, session: Session) -> None:
+        """End a session (DELETE, or its connection failed); idempotent."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        broadcast = session.broadcast
+        if session.kind == "whep":
+            entry = broadcast.viewers.pop(session.id, None)
+            if entry is not None:
+                for track in entry[1].values():
+                    track.finish()
+        elif broadcast.publisher is session:
+            broadcast.publisher = None
+            broadcast.live = False
+            broadcast.video_receiver = None
+            broadcast.end_later(self.grace_s)
+        await session.pc.close()
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            await self.leave(session)
+        for broadcast in list(self.broadcasts.values()):
+            broadcast.cancel_end()
+            await self.end_broadcast(broadcast)
+
+    def viewer_count(self, stream_id: StreamId) -> int:
+        broadcast = self.broadcasts.get(stream_id)
+        return 0 if broadcast is None else len(broadcast.viewers)
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+MEDIA_KEY = web.AppKey("media", MediaHub)
+
+
+def _with_cors(handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except LivecoreError as error:
+            response = error_response(error)
+        response.headers.update(CORS_HEADERS)
+        return response
+
+    return wrapped
+
+
+def _stream_id(request: web.Request) -> StreamId:
+    try:
+        return StreamId(uuid.UUID(request.match_info["stream_id"]))
+    except ValueError:
+        raise NotFound("No such stream.", code="stream_not_found") from None
+
+
+async def _sdp_body(request: web.Request, expected: str) -> str:
+    if request.content_type != expected:
+        raise UnsupportedMediaType(f"The body must be {expected}.",
+                                   content_type=request.content_type)
+    services: Services = request.app[MEDIA_KEY].services
+    body = await request.content.read(services.settings.max_body_bytes + 1)
+    if len(body) > services.settings.max_body_bytes:
+        raise MalformedSdp("The SDP is too large.")
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        raise MalformedSdp("The SDP is not UTF-8 text.") from None
+
+
+def _answer(session: Session, answer: str) -> web.Response:
+    return web.Response(status=201, text=answer, content_type=SDP_TYPE,
+                        headers={"Location": session.path, "ETag": f'"{session.id}"'})
+
+
+async def whip_post(request: web.Request) -> web.StreamResponse:
+    media = request.app[MEDIA_KEY]
+    stream_id = _stream_id(request)
+    stream = await media.services.streams.get(stream_id)
+    key = auth.bearer_token(request.headers.get("Authorization", ""))
+    if key is None or not hmac.compare_digest(key.encode(), stream.stream_key.encode()):
+        raise Unauthenticated("Send the stream key: 'Authorization: Bearer <stream key>'.",
+                              code="invalid_stream_key")
+    offer = await _sdp_body(request, SDP_TYPE)
+    if stream.state is StreamState.ENDED:
+        raise Conflict("This stream has ended; create a new one to go live again.",
+                       code="stream_ended")
+    session, answer = await media.publish(stream_id, offer)
+    return _answer(session, answer)
+
+
+async def whep_post(request: web.Request) -> web.StreamResponse:
+    media = request.app[MEDIA_KEY]
+    stream_id = _stream_id(request)
+    await media.services.streams.get(stream_id)  # 404 for an unknown stream
+    offer = await _sdp_body(request, SDP_TYPE)
+    session, answer = await media.play(stream_id, offer)
+    return _answer(session, answer)
+
+
+def _session(request: web.Request, kind: str) -> Session:
+    media = request.app[MEDIA_KEY]
+    session = media.sessions.get(request.match_info["session_id"])
+    if (session is None or session.kind != kind
+            or str(session.broadcast.stream_id) != request.match_info["stream_id"]):
+        raise NotFound("No such session.", code="session_not_found")
+    return session
+
+
+async def _check_key(request: web.Request, session: Session) -> None:
+    if session.kind != "whip":
+        return
+    stream = await request.app[MEDIA_KEY].services.streams.get(session.broadcast.stream_id)
+    key = auth.bearer_token(request.headers.get("Authorization", ""))
+    if key is None or not hmac.compare_digest(key.encode(), stream.stream_key.encode()):
+        raise Unauthenticated("Send the stream key: 'Authorization: Bearer <stream key>'.",
+                              code="invalid_stream_key")
+
+
+def session_routes(kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    async def patch(request: web.Request) -> web.StreamResponse:
+        session = _session(request, kind)
+        await _check_key(request, session)
+        fragment = await _sdp_body(request, TRICKLE_TYPE)
+        await request.app[MEDIA_KEY].trickle(session, fragment)
+        return web.Response(status=204)
+
+    async def delete(request: web.Request) -> web.StreamResponse:
+        session = _session(request, kind)
+        await _check_key(request, session)
+        await request.app[MEDIA_KEY].leave(session)
+        return web.Response(status=200)
+
+    return patch, delete
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=204)
+
+
+def add_media_routes(app: web.Application, services: Services) -> MediaHub:
+    media = MediaHub(services, grace_s=services.settings.media_grace_s)
+    app[MEDIA_KEY] = media
+    for kind, post in (("whip", whip_post), ("whep", whep_post)):
+        patch, delete = session_routes(kind)
+        app.router.add_post(f"/{kind}/{{stream_id}}", _with_cors(post))
+        app.router.add_route("OPTIONS", f"/{kind}/{{stream_id}}", _with_cors(preflight))
+        app.router.add_patch(f"/{kind}/{{stream_id}}/{{session_id}}", _with_cors(patch))
+        app.router.add_delete(f"/{kind}/{{stream_id}}/{{session_id}}", _with_cors(delete))
+        app.router.add_route("OPTIONS", f"/{kind}/{{stream_id}}/{{session_id}}",
+                             _with_cors(preflight))
+
+    async def stop_media(app: web.Application) -> None:
+        await media.stop()
+
+    app.on_shutdown.append(stop_media)
+    return media

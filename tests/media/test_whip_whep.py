@@ -1,0 +1,254 @@
+"""WHIP ingest and WHEP playback with real aiortc peers over real sockets (tests/media)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from av import VideoFrame
+
+from gateway.app import create_app
+from gateway.media import MEDIA_KEY, MediaHub
+from gateway.services import Services
+from livecore.ids import StreamId
+from livecore.media import SDP_TYPE, TRICKLE_TYPE
+from tests.support import ApiClient
+
+WIDTH, HEIGHT = 320, 240
+
+
+class Pattern(VideoStreamTrack):
+    """A synthetic camera: small frames whose brightness changes every frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(width=WIDTH, height=HEIGHT, format="yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([(self.count * 7) % 256]) * plane.buffer_size)
+        frame.pts, frame.time_base = pts, time_base
+        self.count += 1
+        return frame
+
+
+@pytest.fixture
+async def media_api(make_services: Any) -> AsyncIterator[ApiClient]:
+    services: Services = make_services(media_grace_s=0.5)
+    async with ApiClient.serving(create_app(services)) as api:
+        yield api
+
+
+async def new_stream(api: ApiClient) -> tuple[str, str, str]:
+    """(stream id, stream key, creator token)."""
+    _, token = await api.new_creator()
+    response, stream = await api.request("POST", "/api/v1/streams", token=token,
+                                         json={"title": "Media test"})
+    assert response.status == 201, stream
+    return stream["id"], stream["stream_key"], token
+
+
+async def publish(api: ApiClient, stream_id: str, key: str,
+                  *, video_codec: str | None = None) -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection()
+    pc.addTrack(Pattern())
+    pc.addTrack(AudioStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    response, _ = await api.request(
+        "POST", f"/whip/{stream_id}", data=pc.localDescription.sdp,
+        headers={"Content-Type": SDP_TYPE, "Authorization": f"Bearer {key}"})
+    answer = await response.text()
+    assert response.status == 201, answer
+    assert response.headers["Content-Type"].startswith(SDP_TYPE)
+    if video_codec is not None:
+        assert f"{video_codec}/90000" in answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, response.headers["Location"]
+
+
+async def watch(api: ApiClient, stream_id: str) -> tuple[RTCPeerConnection, asyncio.Queue[Any],
+                                                          str]:
+    """A WHEP viewer; its queue receives every decoded video frame."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        if track.kind != "video":
+            return
+
+        async def read() -> None:
+            while True:
+                try:
+                    frames.put_nowait(await track.recv())
+                except MediaStreamError:
+                    return
+
+        asyncio.ensure_future(read())
+
+    await pc.setLocalDescription(await pc.createOffer())
+    response, _ = await api.request("POST", f"/whep/{stream_id}", data=pc.localDescription.sdp,
+                                    headers={"Content-Type": SDP_TYPE})
+    answer = await response.text()
+    assert response.status == 201, answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, frames, response.headers["Location"]
+
+
+async def state_of(api: ApiClient, stream_id: str) -> str:
+    _, stream = await api.request("GET", f"/api/v1/streams/{stream_id}")
+    return str(stream["state"])
+
+
+async def until(predicate: Any) -> None:
+    """Poll the API (the stream's state is in PostgreSQL; nothing to wait on here)."""
+    async with asyncio.timeout(20):
+        while not await predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def frames_of(queue: asyncio.Queue[Any], count: int) -> list[Any]:
+    async with asyncio.timeout(30):
+        return [await queue.get() for _ in range(count)]
+
+
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
+async def test_a_published_stream_goes_live_and_viewers_decode_forwarded_frames(
+        media_api: ApiClient, codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = media_api
+    media: MediaHub = api.client.app[MEDIA_KEY]
+    # The gateway prefers H.264; to test VP8 ingest, prefer VP8 for this run.
+    monkeypatch.setattr("gateway.media.VIDEO_CODECS",
+                        ("video/H264", "video/VP8") if codec == "H264" else ("video/VP8",))
+    stream_id, key, _ = await new_stream(api)
+    publisher, location = await publish(api, stream_id, key, video_codec=codec)
+    try:
+        assert location.startswith(f"/whip/{stream_id}/")
+        await until(lambda: _is(state_of(api, stream_id), "live"))
+        viewers = [await watch(api, stream_id) for _ in range(2)]
+        for _pc, frames, _ in viewers:
+            got = await frames_of(frames, 30)
+            assert {(f.width, f.height) for f in got} == {(WIDTH, HEIGHT)}
+            # Frames arrive in order: their timestamps only grow.
+            assert [f.pts for f in got] == sorted(f.pts for f in got)
+        # Forwarded, never decoded by the gateway: its receiver hands on packets.
+        broadcast = media.broadcasts[StreamId(uuid.UUID(stream_id))]
+        assert broadcast.video_codec == codec
+        # A late viewer starts on a keyframe: its first forwarded packet decodes.
+        late_pc, late_frames, _ = await watch(api, stream_id)
+        first = await frames_of(late_frames, 5)
+        assert first[0].width == WIDTH
+        for pc, _, _ in [*viewers, (late_pc, None, None)]:
+            await pc.close()
+    finally:
+        await publisher.close()
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return await value == expected
+
+
+async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns(
+        media_api: ApiClient) -> None:
+    api = media_api
+    stream_id, key, _ = await new_stream(api)
+    publisher, location = await publish(api, stream_id, key)
+    await until(lambda: _is(state_of(api, stream_id), "live"))
+    # Leaving and coming back within the grace period keeps the stream live.
+    response, _ = await api.request("DELETE", location, headers={"Authorization": f"Bearer {key}"})
+    assert response.status == 200
+    await publisher.close()
+    again, location = await publish(api, stream_id, key)
+    await asyncio.sleep(1.0)  # longer than the 0.5 s grace
+    assert await state_of(api, stream_id) == "live"
+    # A second publisher while one is connected is refused.
+    assert await refused_publish(api, stream_id, key) == (409, "already_live")
+    # Leaving for good ends it, after the grace period.
+    response, _ = await api.request("DELETE", location, headers={"Authorization": f"Bearer {key}"})
+    assert response.status == 200
+    await again.close()
+    await until(lambda: _is(state_of(api, stream_id), "ended"))
+    # An ended stream takes no publisher.
+    assert await refused_publish(api, stream_id, key) == (409, "stream_ended")
+
+
+async def refused_publish(api: ApiClient, stream_id: str, key: str) -> tuple[int, str]:
+    """Offer to publish with the right key; the status and error code of the refusal."""
+    pc = RTCPeerConnection()
+    pc.addTrack(Pattern())
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        response, body = await api.request(
+            "POST", f"/whip/{stream_id}", data=pc.localDescription.sdp,
+            headers={"Content-Type": SDP_TYPE, "Authorization": f"Bearer {key}"})
+    finally:
+        await pc.close()
+    return response.status, body["error"]["code"]
+
+
+async def test_bad_requests_get_clear_statuses_and_change_nothing(media_api: ApiClient) -> None:
+    api = media_api
+    stream_id, key, _ = await new_stream(api)
+    pc = RTCPeerConnection()
+    pc.addTrack(Pattern())
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    sdp = {"Content-Type": SDP_TYPE}
+    cases = [
+        ("/whip/" + stream_id, offer, {**sdp, "Authorization": "Bearer wrong"}, 401,
+         "invalid_stream_key"),
+        ("/whip/" + stream_id, offer, sdp, 401, "invalid_stream_key"),
+        ("/whip/00000000-0000-4000-8000-000000000000", offer,
+         {**sdp, "Authorization": f"Bearer {key}"}, 404, "stream_not_found"),
+        ("/whip/not-a-uuid", offer, {**sdp, "Authorization": f"Bearer {key}"}, 404,
+         "stream_not_found"),
+        ("/whip/" + stream_id, offer, {"Content-Type": "text/plain",
+                                       "Authorization": f"Bearer {key}"}, 415,
+         "unsupported_media_type"),
+        ("/whip/" + stream_id, "hello", {**sdp, "Authorization": f"Bearer {key}"}, 400,
+         "malformed_sdp"),
+        ("/whip/" + stream_id, "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n",
+         {**sdp, "Authorization": f"Bearer {key}"}, 400, "malformed_sdp"),
+        ("/whep/" + stream_id, offer, sdp, 409, "stream_not_live"),
+    ]
+    for path, body, headers, status, code in cases:
+        response, answer = await api.request("POST", path, data=body, headers=headers)
+        assert (response.status, answer["error"]["code"]) == (status, code), (path, answer)
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert await state_of(api, stream_id) == "created"
+    # CORS preflight for browsers.
+    response, _ = await api.request("OPTIONS", f"/whip/{stream_id}")
+    assert response.status == 204
+    assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    assert "Location" in response.headers["Access-Control-Expose-Headers"]
+    # Trickle ICE on a real session; an ICE restart (new ufrag) is refused with 422.
+    publisher, location = await publish(api, stream_id, key)
+    auth = {"Authorization": f"Bearer {key}"}
+    candidate = ("a=mid:0\r\na=candidate:1 1 UDP 2130706431 192.0.2.2 9 typ host\r\n")
+    response, _ = await api.request("PATCH", location, data=candidate,
+                                    headers={**auth, "Content-Type": TRICKLE_TYPE})
+    assert response.status == 204
+    restart = "a=ice-ufrag:other\r\na=ice-pwd:0123456789012345678901\r\n"
+    response, body = await api.request("PATCH", location, data=restart,
+                                       headers={**auth, "Content-Type": TRICKLE_TYPE})
+    assert (response.status, body["error"]["code"]) == (422, "ice_restart_unsupported")
+    response, body = await api.request("PATCH", location, data=candidate,
+                                       headers={**auth, "Content-Type": SDP_TYPE})
+    assert (response.status, body["error"]["code"]) == (415, "unsupported_media_type")
+    response, body = await api.request("DELETE", location, headers={"Authorization": "Bearer x"})
+    assert (response.status, body["error"]["code"]) == (401, "invalid_stream_key")
+    response, body = await api.request("DELETE", location + "x", headers=auth)
+    assert (response.status, body["error"]["code"]) == (404, "session_not_found")
+    response, _ = await api.request("DELETE", location, headers=auth)
+    assert response.status == 200
+    await publisher.close()
+    await pc.close()
