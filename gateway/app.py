@@ -98,7 +98,7 @@ def create_app(services: Services) -> web.Application:
     hub = Hub(services, metrics_registry)
     app[HUB_KEY] = hub
     app.router.add_get(WS_PATH, hub.handle)
-    add_media_routes(app, services)
+    add_media_routes(app, services, node_id=hub.node_id)
 
     async def start_hub(app: web.Application) -> None:
         await services.gifts.start()

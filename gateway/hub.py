@@ -213,6 +213,7 @@ class LocalRoom:
     likes_pending: int = 0
     joined: list[str] = field(default_factory=list)
     viewers: int = 0
+    watching: int = 0  # WebRTC playback sessions (WHEP) on every node
     idle_since: float | None = None
     words_stale: bool = False
     first_pending_ts: float = 0.0
@@ -851,10 +852,12 @@ class Hub:
                 continue
             total = await self.bus.set_viewers(room.id, self.node_id, len(room.connections),
                                                NODE_TTL_S)
-            if total == room.viewers and not room.joined:
+            watching = await self.bus.total(room.id, "watching")
+            if total == room.viewers and watching == room.watching and not room.joined:
                 continue
-            room.viewers = total
+            room.viewers, room.watching = total, watching
             frame = dumps_frame({"type": "presence", "room": room.id, "viewers": total,
+                                 "watching": watching,
                                  "joined": room.joined[:MAX_JOINS_SAMPLED]})
             room.joined = []
             for conn in list(room.connections):

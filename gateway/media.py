@@ -34,9 +34,11 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
+import redis.exceptions
 from aiohttp import web
 from aiortc import (
     RTCConfiguration,
@@ -51,7 +53,9 @@ from aiortc.sdp import candidate_from_sdp
 
 from gateway import auth
 from gateway.api import publish_state
+from gateway.hls import TARGET_DURATION_S, HlsOutput
 from gateway.http import error_response
+from gateway.hub import NODE_TTL_S, PRESENCE_INTERVAL_S
 from gateway.services import Services, utc_now
 from livecore.errors import ClientError, Conflict, LivecoreError, NotFound, Unauthenticated
 from livecore.ids import StreamId
@@ -187,6 +191,7 @@ class Broadcast:
         self.video_ssrc: int | None = None
         self.live = False
         self._last_pli = 0.0
+        self._last_key = time.monotonic()
         self._end_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -205,8 +210,10 @@ class Broadcast:
         task.add_done_callback(self._tasks.discard)
 
     async def pump(self, track: MediaStreamTrack) -> None:
-        """Read the publisher's packets of one track and offer them to every viewer."""
+        """Read the publisher's packets of one track and offer them to every viewer (and, for
+        H.264 video, to the HLS packager)."""
         kind = track.kind
+        rebase: int | None = None  # this publisher's pts offset in the HLS timeline
         while True:
             try:
                 codec, packet = await track.recv()  # type: ignore[misc]  # see forward()
@@ -214,9 +221,25 @@ class Broadcast:
                 return
             if not self.live:
                 await self.hub.went_live(self)
-            keyframe = kind != "video" or is_keyframe(codec, bytes(packet))
+            data = bytes(packet)
+            keyframe = kind != "video" or is_keyframe(codec, data)
             if kind == "video":
                 self.video_codec = codec
+                now = time.monotonic()
+                if keyframe:
+                    self._last_key = now
+                elif now - self._last_key >= 0.9 * TARGET_DURATION_S:
+                    self.request_keyframe()  # keeps HLS segments near their target
+                packager = self.hub.hls.start(self.stream_id)
+                if rebase is None and keyframe:
+                    last = packager.last_pts
+                    rebase = 0 if last is None else last + 3000 - int(packet.pts or 0)
+                if rebase is not None:
+                    pts = int(packet.pts or 0) + rebase
+                    if codec == "H264":
+                        packager.add_video(data, pts, keyframe)
+                    else:
+                        self.hub.hls.transcoder(self.stream_id).add_vp8(data, pts, keyframe)
             for _, tracks in list(self.viewers.values()):
                 viewer_track = tracks.get(kind)
                 if viewer_track is not None:
@@ -252,11 +275,16 @@ class Session:
 class MediaHub:
     """Every WHIP and WHEP session of this process."""
 
-    def __init__(self, services: Services, *, grace_s: float = GRACE_S) -> None:
+    def __init__(self, services: Services, *, grace_s: float = GRACE_S,
+                 node_id: str = "media") -> None:
         self.services = services
         self.grace_s = grace_s
+        self.node_id = node_id
+        self._counted: dict[StreamId, int] = {}
+        self._counting: asyncio.Task[None] | None = None
         self.broadcasts: dict[StreamId, Broadcast] = {}
         self.sessions: dict[str, Session] = {}
+        self.hls = HlsOutput(Path(services.settings.data_dir).resolve() / "hls")
         install_forwarding()
 
     # -- publishing --
@@ -314,6 +342,7 @@ class MediaHub:
         if broadcast.publisher is not None:
             return
         self.broadcasts.pop(broadcast.stream_id, None)
+        self.hls.finish(broadcast.stream_id)
         for session, tracks in list(broadcast.viewers.values()):
             for track in tracks.values():
                 track.finish()
@@ -401,6 +430,11 @@ class MediaHub:
         await session.pc.close()
 
     async def stop(self) -> None:
+        if self._counting is not None:
+            self._counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counting
+            self._counting = None
         for session in list(self.sessions.values()):
             await self.leave(session)
         for broadcast in list(self.broadcasts.values()):
@@ -410,6 +444,28 @@ class MediaHub:
     def viewer_count(self, stream_id: StreamId) -> int:
         broadcast = self.broadcasts.get(stream_id)
         return 0 if broadcast is None else len(broadcast.viewers)
+
+    def start_counting(self) -> None:
+        self._counting = asyncio.create_task(self._count_forever(), name="media-presence")
+
+    async def _count_forever(self) -> None:
+        while True:
+            try:
+                await self.count_viewers()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("WebRTC viewer counts not recorded", extra={"error": repr(exc)})
+            await asyncio.sleep(PRESENCE_INTERVAL_S)
+
+    async def count_viewers(self) -> None:
+        """Record this node's WHEP sessions per stream (the hub's presence reads the totals as
+        ``watching``); a stream that lost its last viewer here is recorded once as 0."""
+        counts = {sid: len(b.viewers) for sid, b in self.broadcasts.items() if b.viewers}
+        for stream_id in set(self._counted) | set(counts):
+            count = counts.get(stream_id, 0)
+            if self._counted.get(stream_id) != count or count:
+                await self.services.bus.set_viewers(str(stream_id), self.node_id, count,
+                                                    NODE_TTL_S, what="watching")
+        self._counted = counts
 
 
 # -- HTTP ----------------------------------------------------------------------------------
@@ -516,12 +572,24 @@ def session_routes(kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
     return patch, delete
 
 
+async def hls_playlist(request: web.Request) -> web.StreamResponse:
+    media = request.app[MEDIA_KEY]
+    stream_id = _stream_id(request)
+    await media.services.streams.get(stream_id)  # 404 for an unknown stream
+    return await media.hls.playlist(stream_id, request.query)
+
+
+async def hls_file(request: web.Request) -> web.StreamResponse:
+    media = request.app[MEDIA_KEY]
+    return await media.hls.file(_stream_id(request), request.match_info["name"])
+
+
 async def preflight(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-def add_media_routes(app: web.Application, services: Services) -> MediaHub:
-    media = MediaHub(services, grace_s=services.settings.media_grace_s)
+def add_media_routes(app: web.Application, services: Services, *, node_id: str) -> MediaHub:
+    media = MediaHub(services, grace_s=services.settings.media_grace_s, node_id=node_id)
     app[MEDIA_KEY] = media
     for kind, post in (("whip", whip_post), ("whep", whep_post)):
         patch, delete = session_routes(kind)
@@ -532,8 +600,15 @@ def add_media_routes(app: web.Application, services: Services) -> MediaHub:
         app.router.add_route("OPTIONS", f"/{kind}/{{stream_id}}/{{session_id}}",
                              _with_cors(preflight))
 
+    app.router.add_get("/hls/{stream_id}/index.m3u8", _with_cors(hls_playlist))
+    app.router.add_get("/hls/{stream_id}/{name}", _with_cors(hls_file))
+
+    async def start_media(app: web.Application) -> None:
+        media.start_counting()
+
     async def stop_media(app: web.Application) -> None:
         await media.stop()
 
+    app.on_startup.append(start_media)
     app.on_shutdown.append(stop_media)
     return media

@@ -139,13 +139,15 @@ class RoomBus:
     async def likes(self, room: str) -> int:
         return int(await self._redis.get(self._key(room, "likes")) or 0)
 
-    async def set_viewers(self, room: str, node: str, count: int, ttl_s: int) -> int:
-        """Record this node's viewer count for the room; returns the total over live nodes.
+    async def set_viewers(self, room: str, node: str, count: int, ttl_s: int,
+                          what: str = "viewers") -> int:
+        """Record this node's count of ``what`` for the room (``viewers``: websockets in the
+        room; ``watching``: WebRTC playback sessions); returns the total over live nodes.
 
         Each node writes its own field; a field whose node stopped refreshing expires with
         the node's liveness key, so a crashed node's viewers vanish from the total.
         """
-        key = self._key(room, "viewers")
+        key = self._key(room, what)
         alive = f"{self.prefix}node:{node}:alive"
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(alive, 1, ex=ttl_s)
@@ -154,8 +156,13 @@ class RoomBus:
             else:
                 pipe.hdel(key, node)
             pipe.expire(key, ttl_s * 10)
-            pipe.hgetall(key)
-            *_, counts = await pipe.execute()
+            await pipe.execute()
+        return await self.total(room, what)
+
+    async def total(self, room: str, what: str = "viewers") -> int:
+        """The room's count of ``what`` over the nodes still alive (dead nodes' fields go)."""
+        key = self._key(room, what)
+        counts = await self._redis.hgetall(key)
         nodes = [n.decode() for n in counts]
         if not nodes:
             return 0

@@ -312,6 +312,7 @@ SERVER_SCHEMAS: dict[str, Schema] = {
             "type": {"const": "presence"},
             "room": _ROOM,
             "viewers": {"type": "integer", "minimum": 0},
+            "watching": {"type": "integer", "minimum": 0},
             "joined": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
         },
         "required": ["type", "room", "viewers", "joined"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,9 +11,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
-from gateway.app import create_app
+from gateway.client import HubClient
 from gateway.media import MEDIA_KEY, MediaHub
-from gateway.services import Services
 from livecore.ids import StreamId
 from livecore.media import SDP_TYPE, TRICKLE_TYPE
 from tests.support import ApiClient
@@ -37,13 +35,6 @@ class Pattern(VideoStreamTrack):
         frame.pts, frame.time_base = pts, time_base
         self.count += 1
         return frame
-
-
-@pytest.fixture
-async def media_api(make_services: Any) -> AsyncIterator[ApiClient]:
-    services: Services = make_services(media_grace_s=0.5)
-    async with ApiClient.serving(create_app(services)) as api:
-        yield api
 
 
 async def new_stream(api: ApiClient) -> tuple[str, str, str]:
@@ -134,7 +125,14 @@ async def test_a_published_stream_goes_live_and_viewers_decode_forwarded_frames(
     try:
         assert location.startswith(f"/whip/{stream_id}/")
         await until(lambda: _is(state_of(api, stream_id), "live"))
-        viewers = [await watch(api, stream_id) for _ in range(2)]
+        ws_url = str(api.client.make_url("/ws")).replace("http://", "ws://")
+        async with await HubClient.connect(ws_url) as room:
+            await room.subscribe(stream_id)
+            viewers = [await watch(api, stream_id) for _ in range(2)]
+            # The WebRTC viewers reach the room's presence as `watching`.
+            presence = await room.next_event("presence", timeout=10,
+                                             where=lambda m: m.get("watching") == 2)
+            assert presence["viewers"] == 1
         for _pc, frames, _ in viewers:
             got = await frames_of(frames, 30)
             assert {(f.width, f.height) for f in got} == {(WIDTH, HEIGHT)}

@@ -1,0 +1,355 @@
+"""HLS and Low-Latency HLS output of a live stream, and its replay once the stream has ended.
+
+The publisher's H.264 access units (forwarded by ``gateway/media.py``, never decoded) are muxed
+by PyAV's ``mp4`` muxer in fragmented mode into a Python file object: the muxer writes the
+init segment (``ftyp`` + ``moov``) before the first fragment, then one ``moof`` + ``mdat``
+fragment per write, every :data:`PART_TARGET_S` of media and at every keyframe. Each fragment is
+an LL-HLS part; a segment is the parts from one keyframe to the next after at least
+:data:`MIN_SEGMENT_S`. The gateway asks the publisher for a keyframe every segment length, so
+segments stay near :data:`TARGET_DURATION_S`. The playlist rules live in ``livecore/hls.py``.
+
+Files: the init segment and each closed segment are written under
+``LIVECORE_DATA_DIR/hls/{stream_id}/`` as they are made; parts stay in memory for as long as the
+playlist may name them. When the stream ends the replay playlist (``EXT-X-ENDLIST``) is written
+there too, and the same URLs then serve the recording.
+
+A VP8 publisher's frames are decoded and encoded once to H.264 for HLS (:class:`Transcoder`,
+libx264 ``veryfast``/``zerolatency``, a keyframe every segment length), in a thread of their own
+so the event loop never waits for x264; WebRTC viewers still get the VP8 frames as sent.
+
+Not yet: audio (Opus to AAC): the HLS output is video only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fractions
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import av
+from aiohttp import web
+
+from livecore.errors import ClientError, NotFound, ServiceUnavailable
+from livecore.hls import (
+    INIT_NAME,
+    Reload,
+    Rendition,
+    parse_name,
+)
+from livecore.ids import StreamId
+
+log = logging.getLogger(__name__)
+
+TARGET_DURATION_S = 2
+PART_TARGET_S = 0.2
+#: A segment is cut at the first keyframe after this much media.
+MIN_SEGMENT_S = 1.0
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+IMMUTABLE = "public, max-age=31536000, immutable"
+_CLOCK = 90_000  # RTP video clock: the packets' pts unit
+_TIME_BASE = fractions.Fraction(1, _CLOCK)
+
+
+class HlsUnavailable(ClientError):
+    status = 404
+    default_code = "hls_unavailable"
+
+
+class _Fragments(io.RawIOBase):
+    """The muxer's output: each write is kept apart (one box group per write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.writes.append(chunk)
+        return len(chunk)
+
+
+class Packager:
+    """One live stream's HLS output."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.rendition = Rendition(target_duration_s=TARGET_DURATION_S,
+                                   part_target_s=PART_TARGET_S)
+        self.init: bytes | None = None
+        self.parts: dict[str, bytes] = {}
+        self._open_bytes: list[bytes] = []
+        self._open_media = 0  # media in the open segment, in clock ticks
+        self._output = _Fragments()
+        self._container: Any = None
+        self._stream: Any = None
+        self._pending: list[tuple[int, bool]] = []  # (pts, keyframe) muxed, not yet written
+        self._last_pts: int | None = None
+        self._updated = asyncio.Event()
+        self.closed = False
+
+    # -- input --
+
+    def add_video(self, data: bytes, pts: int, keyframe: bool) -> None:
+        """One H.264 access unit (Annex-B, as forwarded) with its pts in the 90 kHz clock."""
+        if self.closed:
+            return
+        if self._container is None:
+            if not keyframe:
+                return  # start on a keyframe
+            self._open(data)
+        if self._last_pts is not None and pts <= self._last_pts:
+            return  # a repeated or reordered frame: the muxer needs rising timestamps
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = _TIME_BASE
+        packet.stream = self._stream
+        if keyframe:
+            packet.is_keyframe = True
+        before = len(self._output.writes)
+        self._container.mux(packet)
+        self._take(self._output.writes[before:], next_pts=pts)
+        self._pending.append((pts, keyframe))
+        self._last_pts = pts
+
+    def _open(self, keyframe: bytes) -> None:
+        width, height = _dimensions(keyframe)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(self._output, mode="w", format="mp4", options={
+            "movflags": "empty_moov+default_base_moof+frag_keyframe+cmaf",
+            "frag_duration": str(int(PART_TARGET_S * 1_000_000)),
+        })
+        self._stream = self._container.add_stream("h264", rate=30)
+        self._stream.width, self._stream.height = width, height
+        self._stream.time_base = _TIME_BASE
+
+    def _take(self, writes: list[bytes], *, next_pts: int) -> None:
+        """Sort what the muxer wrote during one ``mux``: the init segment, then fragments (each
+        holding the packets muxed since the previous one, up to ``next_pts``)."""
+        for chunk in writes:
+            if chunk[4:8] in (b"ftyp", b"moov"):
+                self.init = (self.init or b"") + chunk
+                continue
+            if chunk[4:8] == b"mfra" or not self._pending:
+                continue
+            if self.init is not None and not (self.directory / INIT_NAME).exists():
+                _write_file(self.directory / INIT_NAME, self.init)
+            first_pts, independent = self._pending[0]
+            self._pending.clear()
+            self._add_part(chunk, duration=next_pts - first_pts, independent=independent)
+
+    def _add_part(self, data: bytes, *, duration: int, independent: bool) -> None:
+        if duration <= 0:
+            return
+        if independent and self._open_bytes and self._open_media >= MIN_SEGMENT_S * _CLOCK:
+            segment = self.rendition.close_segment()
+            _write_file(self.directory / segment.uri, b"".join(self._open_bytes))
+            self._open_bytes, self._open_media = [], 0
+        part = self.rendition.add_part(duration / _CLOCK, independent=independent)
+        self.parts[part.uri] = data
+        self._open_bytes.append(data)
+        self._open_media += duration
+        for name in self.rendition.take_expired():
+            self.parts.pop(name, None)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._updated.set()
+        self._updated = asyncio.Event()
+
+    def finish(self) -> None:
+        """The stream ended: write the last part and segment and the replay playlist."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._container is not None and self._last_pts is not None:
+            before = len(self._output.writes)
+            with contextlib.suppress(av.FFmpegError):
+                self._container.close()
+            # The last fragment's length is unknown: count one frame interval for it.
+            self._take(self._output.writes[before:], next_pts=self._last_pts + _CLOCK // 30)
+            if self._open_bytes:
+                segment = self.rendition.close_segment()
+                _write_file(self.directory / segment.uri, b"".join(self._open_bytes))
+        if self.rendition.segments:
+            self.rendition.end()
+            _write_file(self.directory / "index.m3u8", self.rendition.render().encode())
+        self._notify()
+
+    @property
+    def last_pts(self) -> int | None:
+        return self._last_pts
+
+    # -- output --
+
+    async def changed(self) -> bool:
+        """Wait for the next part (or the end); False after three target durations (how long
+        the spec lets a server hold a blocked request)."""
+        try:
+            async with asyncio.timeout(3.0 * self.rendition.target_duration_s):
+                await self._updated.wait()
+            return True
+        except TimeoutError:
+            return False
+
+
+class Transcoder:
+    """VP8 in, H.264 out to a :class:`Packager`: one decode and one encode per frame, in one
+    worker thread (frames stay in order); results are handed back on the event loop."""
+
+    def __init__(self, packager: Packager) -> None:
+        self.packager = packager
+        self._loop = asyncio.get_running_loop()
+        self._worker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hls-transcode")
+        self._decoder: Any = av.CodecContext.create("vp8", "r")
+        self._encoder: Any = None
+        self._started = False
+
+    def add_vp8(self, data: bytes, pts: int, keyframe: bool) -> None:
+        if not self._started and not keyframe:
+            return
+        self._started = True
+        self._worker.submit(self._convert, data, pts)
+
+    def _convert(self, data: bytes, pts: int) -> None:  # in the worker thread
+        try:
+            frames = self._decoder.decode(av.Packet(data))
+        except av.FFmpegError as exc:
+            log.warning("VP8 frame not decoded for HLS", extra={"error": repr(exc)})
+            return
+        for frame in frames:
+            if self._encoder is None:
+                self._encoder = _h264_encoder(frame.width, frame.height)
+            frame.pts, frame.time_base = pts, _TIME_BASE
+            frame.pict_type = av.video.frame.PictureType.NONE
+            for packet in self._encoder.encode(frame):
+                self._loop.call_soon_threadsafe(self.packager.add_video, bytes(packet),
+                                                int(packet.pts), bool(packet.is_keyframe))
+
+    def close(self) -> None:
+        """Stop taking frames; those already submitted are still converted."""
+        self._worker.shutdown(wait=False)
+
+
+def _h264_encoder(width: int, height: int) -> Any:
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base = _TIME_BASE
+    encoder.framerate = fractions.Fraction(30, 1)
+    encoder.options = {"preset": "veryfast", "tune": "zerolatency", "bf": "0",
+                       "g": str(TARGET_DURATION_S * 30), "keyint_min": "30",
+                       "sc_threshold": "0", "repeat-headers": "1"}
+    encoder.open()
+    return encoder
+
+
+def _dimensions(keyframe: bytes) -> tuple[int, int]:
+    """The picture size, from decoding the stream's first keyframe (once per stream)."""
+    decoder = av.CodecContext.create("h264", "r")
+    try:
+        for frame in decoder.decode(av.Packet(keyframe)):
+            return frame.width, frame.height
+        for frame in decoder.decode(None):
+            return frame.width, frame.height
+    except av.FFmpegError:
+        pass
+    return 0, 0
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all (a reader never sees half a segment)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+class HlsOutput:
+    """Every stream's HLS output in this process, and the replays on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.live: dict[StreamId, Packager] = {}
+        self.transcoders: dict[StreamId, Transcoder] = {}
+
+    def start(self, stream_id: StreamId) -> Packager:
+        packager = self.live.get(stream_id)
+        if packager is None or packager.closed:
+            packager = self.live[stream_id] = Packager(self.root / str(stream_id))
+        return packager
+
+    def transcoder(self, stream_id: StreamId) -> Transcoder:
+        """The VP8-to-H.264 converter feeding the stream's packager."""
+        transcoder = self.transcoders.get(stream_id)
+        if transcoder is None:
+            transcoder = self.transcoders[stream_id] = Transcoder(self.start(stream_id))
+        return transcoder
+
+    def finish(self, stream_id: StreamId) -> None:
+        transcoder = self.transcoders.pop(stream_id, None)
+        if transcoder is not None:
+            transcoder.close()
+        packager = self.live.pop(stream_id, None)
+        if packager is not None:
+            packager.finish()
+
+    async def playlist(self, stream_id: StreamId, query: Any) -> web.Response:
+        packager = self.live.get(stream_id)
+        if packager is None or packager.init is None:
+            replay = self.root / str(stream_id) / "index.m3u8"
+            if replay.is_file():
+                return web.Response(body=replay.read_bytes(), content_type=PLAYLIST_TYPE,
+                                    headers={"Cache-Control": "public, max-age=86400"})
+            raise HlsUnavailable("This stream has no HLS output (not live, or not H.264).")
+        msn, part = query.get("_HLS_msn"), query.get("_HLS_part")
+        rendition = packager.rendition
+        while rendition.reload(msn, part) is Reload.WAIT:
+            if not await packager.changed():
+                raise ServiceUnavailable("The requested part did not arrive in time.",
+                                         code="hls_part_timeout")
+        blocking = msn is not None
+        cache = (f"public, max-age={6 * rendition.target_duration_s}" if blocking
+                 else "public, max-age=1")
+        if rendition.is_ended:
+            cache = "public, max-age=86400"
+        return web.Response(text=rendition.render(), content_type=PLAYLIST_TYPE,
+                            headers={"Cache-Control": cache})
+
+    async def file(self, stream_id: StreamId, name: str) -> web.Response:
+        ref = parse_name(name) if name != INIT_NAME else None
+        if name != INIT_NAME and ref is None:
+            raise NotFound("No such HLS file.", code="hls_file_not_found")
+        content_type = "video/mp4" if name == INIT_NAME else "video/iso.segment"
+        packager = self.live.get(stream_id)
+        if packager is not None and ref is not None and ref.part is not None:
+            hinted = packager.rendition.next_part
+            # The preload hint's part is held until it exists (LL-HLS): wait for it.
+            while (name not in packager.parts and hinted is not None
+                   and (hinted.msn, hinted.index) == (ref.msn, ref.part)):
+                if not await packager.changed():
+                    raise ServiceUnavailable("The hinted part did not arrive in time.",
+                                             code="hls_part_timeout")
+                hinted = packager.rendition.next_part
+            data = packager.parts.get(name)
+            if data is not None:
+                return web.Response(body=data, content_type=content_type,
+                                    headers={"Cache-Control": IMMUTABLE})
+        path = self.root / str(stream_id) / name
+        if path.is_file():
+            return web.Response(body=path.read_bytes(), content_type=content_type,
+                                headers={"Cache-Control": IMMUTABLE})
+        raise NotFound("No such HLS file.", code="hls_file_not_found")
