@@ -13,6 +13,7 @@ else carries the ``LIVECORE_`` prefix.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,6 +299,14 @@ def _cast(annotation: Any, raw: str) -> Any:
             return int(raw, 10)
         except ValueError:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if kind.startswith("float"):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        return value
     if kind.startswith("bool"):
         lowered = raw.lower()
         if lowered in _TRUE:

@@ -21,9 +21,11 @@ def test_values_are_cast_strictly():
             "LIVECORE_TRUST_PROXY_HEADERS": "yes",
             "LIVECORE_LOG_LEVEL": "debug",
             "LIVECORE_DATA_DIR": "",  # empty means unset
+            "LIVECORE_MEDIA_GRACE_S": "2.5",
         }
     )
     assert settings.port == 9000
+    assert settings.media_grace_s == 2.5
     assert settings.trust_proxy_headers is True
     assert settings.database_url == Secret("postgresql://app:hunter2@db/live")
     assert settings.data_dir == ".livecore"
@@ -46,6 +48,9 @@ def test_every_problem_is_reported_at_once_naming_the_variable():
         {"LIVECORE_PUBLIC_URL": "live.example.com"},
         {"DATABASE_URL": "mysql://db/x"},
         {"REDIS_URL": "http://cache"},
+        {"LIVECORE_MEDIA_GRACE_S": "soon"},
+        {"LIVECORE_MEDIA_GRACE_S": "nan"},
+        {"LIVECORE_MEDIA_GRACE_S": "0"},
     ],
 )
 def test_out_of_range_values_fail_at_start_up(environ):
