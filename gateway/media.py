@@ -64,6 +64,7 @@ from livecore.media import (
     TRICKLE_TYPE,
     MalformedSdp,
     OfferSummary,
+    answer_video_codec,
     is_keyframe,
     parse_trickle,
     summarize_offer,
@@ -323,6 +324,8 @@ class MediaHub:
                 await self.leave(session)
 
         answer = await self._answer(pc, offer_sdp)
+        # Known from the answer, before any frame: a viewer joining at once gets this codec.
+        broadcast.video_codec = answer_video_codec(answer) or broadcast.video_codec
         broadcast.publisher = session
         broadcast.cancel_end()
         self.sessions[session.id] = session

@@ -99,6 +99,24 @@ def summarize_offer(sdp: str) -> OfferSummary:
     return OfferSummary(tuple(kinds), ufrag, fid_ssrc if fid_ssrc is not None else video_ssrc)
 
 
+def answer_video_codec(sdp: str) -> str | None:
+    """The video codec an SDP answer settled on: the first payload type of its video section,
+    by name as in ``a=rtpmap`` (``H264``, ``VP8``), or None without a video section."""
+    in_video = False
+    chosen: str | None = None
+    for raw in sdp.split("\n"):
+        line = raw.rstrip("\r")
+        if line.startswith("m="):
+            if in_video:
+                break
+            fields = line[2:].split(" ")
+            in_video = fields[0] == "video" and len(fields) > 3
+            chosen = fields[3] if in_video else None
+        elif in_video and chosen is not None and line.startswith(f"a=rtpmap:{chosen} "):
+            return line.split(" ", 1)[1].split("/", 1)[0].upper()
+    return None
+
+
 def _int_or_none(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 

@@ -8,6 +8,7 @@ import pytest
 from livecore.media import (
     IceRestartUnsupported,
     MalformedSdp,
+    answer_video_codec,
     is_keyframe,
     parse_trickle,
     summarize_offer,
@@ -77,3 +78,13 @@ def test_trickle_fragments_give_candidates_and_refuse_ice_restarts() -> None:
         parse_trickle(fragment.replace("abcd", "efgh"), "abcd")
     with pytest.raises(MalformedSdp):
         parse_trickle("garbage", "abcd")
+
+
+def test_the_answer_names_the_video_codec_it_settled_on() -> None:
+    answer = "\r\n".join([
+        "v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:111 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 102 97 103", "a=rtpmap:97 VP8/90000",
+        "a=rtpmap:102 H264/90000", "a=rtpmap:103 rtx/90000", ""])
+    assert answer_video_codec(answer) == "H264"
+    assert answer_video_codec(answer.replace("SAVPF 102 97", "SAVPF 97 102")) == "VP8"
+    assert answer_video_codec("v=0\r\nm=audio 9 RTP/AVP 111\r\n") is None
