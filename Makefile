@@ -19,14 +19,17 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-run: $(VENV)/.installed
+web/vendor/hls.min.js: package.json package-lock.json
+	./scripts/web-deps
+
+run: $(VENV)/.installed web/vendor/hls.min.js
 	$(BIN)/livecore serve
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test web/vendor/hls.min.js
 	./scripts/system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage node_modules web/vendor

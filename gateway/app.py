@@ -122,6 +122,11 @@ def create_app(services: Services) -> web.Application:
 
     app.router.add_get("/watch/{stream_id}", watch)
 
+    async def go_live(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(pages / "golive.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/live/{stream_id}", go_live)
+
     async def finance(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(pages / "finance.html", headers={"Cache-Control": "no-cache"})
 
