@@ -17,7 +17,9 @@ A VP8 publisher's frames are decoded and encoded once to H.264 for HLS (:class:`
 libx264 ``veryfast``/``zerolatency``, a keyframe every segment length), in a thread of their own
 so the event loop never waits for x264; WebRTC viewers still get the VP8 frames as sent.
 
-Not yet: audio (Opus to AAC): the HLS output is video only.
+The publisher's Opus audio is decoded and encoded once to AAC (48 kHz stereo) into the same
+fragments, placed on the video's timeline by the arrival time of its first packet (the two
+RTP clocks start independently).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import fractions
 import io
 import logging
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,8 @@ PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 IMMUTABLE = "public, max-age=31536000, immutable"
 _CLOCK = 90_000  # RTP video clock: the packets' pts unit
 _TIME_BASE = fractions.Fraction(1, _CLOCK)
+_AUDIO_RATE = 48_000  # Opus's clock, and the AAC output's sample rate
+_AUDIO_TIME_BASE = fractions.Fraction(1, _AUDIO_RATE)
 
 
 class HlsUnavailable(ClientError):
@@ -80,11 +86,91 @@ class _Fragments(io.RawIOBase):
         return len(chunk)
 
 
-class Packager:
-    """One live stream's HLS output."""
+def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int,
+                                                                                 int]]:
+    """The ISO BMFF boxes in ``data[start:end]``: (type, payload start, payload end)."""
+    end = len(data) if end is None else end
+    at = start
+    while at + 8 <= end:
+        size = int.from_bytes(data[at:at + 4], "big")
+        kind = data[at + 4:at + 8]
+        header = 8
+        if size == 1:
+            size, header = int.from_bytes(data[at + 8:at + 16], "big"), 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            return
+        yield kind, at + header, at + size
+        at += size
 
-    def __init__(self, directory: Path) -> None:
+
+def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    for found, begin, finish in _boxes(data, start, end):
+        if found == kind:
+            return begin, finish
+    return None
+
+
+def video_timescale(init: bytes) -> int | None:
+    """The first track's timescale (``moov/trak/mdia/mdhd``): the video's, as muxed here."""
+    path = [b"moov", b"trak", b"mdia", b"mdhd"]
+    start, end = 0, len(init)
+    for kind in path:
+        found = _child(init, start, end, kind)
+        if found is None:
+            return None
+        start, end = found
+    return _u32(init, start + (20 if init[start] == 1 else 12))
+
+
+def _u32(data: bytes, at: int) -> int:
+    return int.from_bytes(data[at:at + 4], "big")
+
+
+def video_fragment(fragment: bytes) -> tuple[int, bool] | None:
+    """For a ``moof`` + ``mdat`` fragment: the first track's (video's) total sample duration in
+    its timescale and whether its first sample is a sync sample (a keyframe); None if the
+    fragment holds no video sample. (ISO/IEC 14496-12: ``tfhd`` defaults, ``trun`` samples.)"""
+    moof = _child(fragment, 0, len(fragment), b"moof")
+    if moof is None:
+        return None
+    for kind, start, end in _boxes(fragment, *moof):
+        tfhd, trun = _child(fragment, start, end, b"tfhd"), _child(fragment, start, end, b"trun")
+        if kind != b"traf" or tfhd is None or trun is None or _u32(fragment, tfhd[0] + 4) != 1:
+            continue  # not the video track's run
+        flags = _u32(fragment, tfhd[0]) & 0xFFFFFF
+        at = tfhd[0] + 8 + (8 if flags & 0x01 else 0) + (4 if flags & 0x02 else 0)
+        default_duration = _u32(fragment, at) if flags & 0x08 else 0
+        at += (4 if flags & 0x08 else 0) + (4 if flags & 0x10 else 0)
+        default_flags = _u32(fragment, at) if flags & 0x20 else 0
+        run_flags, count = _u32(fragment, trun[0]) & 0xFFFFFF, _u32(fragment, trun[0] + 4)
+        at = trun[0] + 8 + (4 if run_flags & 0x01 else 0)
+        first_flags = _u32(fragment, at) if run_flags & 0x04 else None
+        at += 4 if run_flags & 0x04 else 0
+        # Each sample: duration, size, flags, composition offset, as the run's flags say.
+        fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if run_flags & bit]
+        total = 0
+        for index in range(count):
+            values = {bit: _u32(fragment, at + 4 * n) for n, bit in enumerate(fields)}
+            at += 4 * len(fields)
+            total += values.get(0x100, default_duration)
+            if index == 0 and first_flags is None and 0x400 in values:
+                first_flags = values[0x400]
+        if count == 0:
+            return None
+        sample_flags = default_flags if first_flags is None else first_flags
+        return total, not sample_flags & 0x00010000  # sample_is_non_sync_sample
+    return None
+
+
+class Packager:
+    """One live stream's HLS output: H.264 video as forwarded, and the publisher's Opus audio
+    encoded once to AAC, in the same fMP4 fragments."""
+
+    def __init__(self, directory: Path, *, audio: bool = False) -> None:
         self.directory = directory
+        self.audio = audio
         self.rendition = Rendition(target_duration_s=TARGET_DURATION_S,
                                    part_target_s=PART_TARGET_S)
         self.init: bytes | None = None
@@ -94,8 +180,16 @@ class Packager:
         self._output = _Fragments()
         self._container: Any = None
         self._stream: Any = None
-        self._pending: list[tuple[int, bool]] = []  # (pts, keyframe) muxed, not yet written
+        self._audio_stream: Any = None
+        self._opus: Any = None
+        self._resampler: Any = None
+        self._timescale = _CLOCK  # the video track's, read from the init segment
+        self._carry = b""  # fragment bytes too short to be a part of their own
         self._last_pts: int | None = None
+        self._last_video_at = 0.0
+        #: Audio on the video's timeline: the next AAC input frame's pts (48 kHz samples).
+        self._audio_started = False
+        self._audio_next = 0
         self._updated = asyncio.Event()
         self.closed = False
 
@@ -117,11 +211,32 @@ class Packager:
         packet.stream = self._stream
         if keyframe:
             packet.is_keyframe = True
-        before = len(self._output.writes)
-        self._container.mux(packet)
-        self._take(self._output.writes[before:], next_pts=pts)
-        self._pending.append((pts, keyframe))
+        self._mux(packet)
         self._last_pts = pts
+        self._last_video_at = time.monotonic()
+
+    def add_audio(self, data: bytes, arrived: float) -> None:
+        """One Opus packet that arrived at ``time.monotonic()`` ``arrived``: decoded and encoded
+        to AAC. The first is placed on the video's timeline by its arrival time; the next follow
+        by their samples (so the AAC track has no gaps; a lost packet is a short drift)."""
+        if self.closed or self._audio_stream is None or self._last_pts is None:
+            return
+        if not self._audio_started:
+            self._audio_started = True
+            self._audio_next = max(0, self._last_pts * _AUDIO_RATE // _CLOCK + int(
+                (arrived - self._last_video_at) * _AUDIO_RATE))
+        try:
+            frames = self._opus.decode(av.Packet(data))
+        except av.FFmpegError:
+            return  # a damaged packet: skipped
+        for frame in frames:
+            frame.pts = None
+            for resampled in self._resampler.resample(frame):
+                resampled.pts = self._audio_next
+                resampled.time_base = _AUDIO_TIME_BASE
+                self._audio_next += resampled.samples
+                for packet in self._audio_stream.encode(resampled):
+                    self._mux(packet)
 
     def _open(self, keyframe: bytes) -> None:
         width, height = _dimensions(keyframe)
@@ -133,25 +248,45 @@ class Packager:
         self._stream = self._container.add_stream("h264", rate=30)
         self._stream.width, self._stream.height = width, height
         self._stream.time_base = _TIME_BASE
+        if self.audio:
+            self._audio_stream = self._container.add_stream("aac", rate=_AUDIO_RATE)
+            self._audio_stream.layout = "stereo"
+            self._audio_stream.time_base = _AUDIO_TIME_BASE
+            self._opus = av.CodecContext.create("opus", "r")
+            self._resampler = av.AudioResampler(format="fltp", layout="stereo",
+                                                rate=_AUDIO_RATE)
 
-    def _take(self, writes: list[bytes], *, next_pts: int) -> None:
-        """Sort what the muxer wrote during one ``mux``: the init segment, then fragments (each
-        holding the packets muxed since the previous one, up to ``next_pts``)."""
+    def _mux(self, packet: Any) -> None:
+        before = len(self._output.writes)
+        self._container.mux(packet)
+        self._take(self._output.writes[before:])
+
+    def _take(self, writes: list[bytes]) -> None:
+        """Sort what the muxer wrote: the init segment, then fragments, each an LL-HLS part
+        whose length and independence are read from its own boxes (the first track is video;
+        a fragment with no video sample joins the next part)."""
         for chunk in writes:
             if chunk[4:8] in (b"ftyp", b"moov"):
                 self.init = (self.init or b"") + chunk
+                if chunk[4:8] == b"moov":
+                    self._timescale = video_timescale(chunk) or _CLOCK
                 continue
-            if chunk[4:8] == b"mfra" or not self._pending:
+            if chunk[4:8] == b"mfra":
                 continue
             if self.init is not None and not (self.directory / INIT_NAME).exists():
                 _write_file(self.directory / INIT_NAME, self.init)
-            first_pts, independent = self._pending[0]
-            self._pending.clear()
-            self._add_part(chunk, duration=next_pts - first_pts, independent=independent)
+            video = video_fragment(chunk)
+            if video is None or video[0] <= 0:
+                self._carry += chunk
+                continue
+            duration, independent = video
+            if self._carry:  # a video-less fragment before: its samples come first
+                independent = False
+            data, self._carry = self._carry + chunk, b""
+            self._add_part(data, duration=duration * _CLOCK // self._timescale,
+                           independent=independent)
 
     def _add_part(self, data: bytes, *, duration: int, independent: bool) -> None:
-        if duration <= 0:
-            return
         if independent and self._open_bytes and self._open_media >= MIN_SEGMENT_S * _CLOCK:
             segment = self.rendition.close_segment()
             _write_file(self.directory / segment.uri, b"".join(self._open_bytes))
@@ -174,12 +309,18 @@ class Packager:
             return
         self.closed = True
         if self._container is not None and self._last_pts is not None:
+            with contextlib.suppress(av.FFmpegError):
+                if self._audio_stream is not None:
+                    for packet in self._audio_stream.encode(None):
+                        self._mux(packet)
             before = len(self._output.writes)
             with contextlib.suppress(av.FFmpegError):
                 self._container.close()
-            # The last fragment's length is unknown: count one frame interval for it.
-            self._take(self._output.writes[before:], next_pts=self._last_pts + _CLOCK // 30)
+            self._take(self._output.writes[before:])
             if self._open_bytes:
+                if self._carry:  # audio after the last video sample
+                    self._open_bytes[-1] += self._carry
+                    self._carry = b""
                 segment = self.rendition.close_segment()
                 _write_file(self.directory / segment.uri, b"".join(self._open_bytes))
         if self.rendition.segments:
@@ -286,17 +427,18 @@ class HlsOutput:
         self.live: dict[StreamId, Packager] = {}
         self.transcoders: dict[StreamId, Transcoder] = {}
 
-    def start(self, stream_id: StreamId) -> Packager:
+    def start(self, stream_id: StreamId, *, audio: bool = False) -> Packager:
+        """The stream's packager (made on first use; ``audio``: the publisher sends audio)."""
         packager = self.live.get(stream_id)
         if packager is None or packager.closed:
-            packager = self.live[stream_id] = Packager(self.root / str(stream_id))
+            packager = self.live[stream_id] = Packager(self.root / str(stream_id), audio=audio)
         return packager
 
     def transcoder(self, stream_id: StreamId) -> Transcoder:
         """The VP8-to-H.264 converter feeding the stream's packager."""
         transcoder = self.transcoders.get(stream_id)
         if transcoder is None:
-            transcoder = self.transcoders[stream_id] = Transcoder(self.start(stream_id))
+            transcoder = self.transcoders[stream_id] = Transcoder(self.live[stream_id])
         return transcoder
 
     def finish(self, stream_id: StreamId) -> None:
@@ -314,7 +456,7 @@ class HlsOutput:
             if replay.is_file():
                 return web.Response(body=replay.read_bytes(), content_type=PLAYLIST_TYPE,
                                     headers={"Cache-Control": "public, max-age=86400"})
-            raise HlsUnavailable("This stream has no HLS output (not live, or not H.264).")
+            raise HlsUnavailable("This stream has no HLS output (no media has arrived yet).")
         msn, part = query.get("_HLS_msn"), query.get("_HLS_part")
         rendition = packager.rendition
         while rendition.reload(msn, part) is Reload.WAIT:

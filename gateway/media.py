@@ -191,6 +191,8 @@ class Broadcast:
         self.video_receiver: RTCRtpReceiver | None = None
         self.video_ssrc: int | None = None
         self.live = False
+        self.audio = False  # the publisher offered audio (HLS then carries it)
+        self.hls_ok = True
         self._last_pli = 0.0
         self._last_key = time.monotonic()
         self._end_timer: asyncio.TimerHandle | None = None
@@ -231,20 +233,43 @@ class Broadcast:
                     self._last_key = now
                 elif now - self._last_key >= 0.9 * TARGET_DURATION_S:
                     self.request_keyframe()  # keeps HLS segments near their target
-                packager = self.hub.hls.start(self.stream_id)
-                if rebase is None and keyframe:
-                    last = packager.last_pts
-                    rebase = 0 if last is None else last + 3000 - int(packet.pts or 0)
-                if rebase is not None:
-                    pts = int(packet.pts or 0) + rebase
-                    if codec == "H264":
-                        packager.add_video(data, pts, keyframe)
-                    else:
-                        self.hub.hls.transcoder(self.stream_id).add_vp8(data, pts, keyframe)
+                rebase = self._to_hls_video(codec, packet, data, keyframe, rebase)
+            elif kind == "audio" and codec.lower() == "opus" and self.hls_ok:
+                audio_to = self.hub.hls.live.get(self.stream_id)
+                if audio_to is not None:
+                    try:
+                        audio_to.add_audio(data, time.monotonic())
+                    except Exception:
+                        self._hls_failed()
             for _, tracks in list(self.viewers.values()):
                 viewer_track = tracks.get(kind)
                 if viewer_track is not None:
                     viewer_track.offer(packet, keyframe)
+
+    def _to_hls_video(self, codec: str, packet: Any, data: bytes, keyframe: bool,
+                      rebase: int | None) -> int | None:
+        """Hand a video frame to the HLS output; returns this publisher's pts offset there
+        (None until its first keyframe). A failure of HLS never stops the WebRTC forwarding."""
+        if not self.hls_ok:
+            return rebase
+        try:
+            packager = self.hub.hls.start(self.stream_id, audio=self.audio)
+            if rebase is None and keyframe:
+                last = packager.last_pts
+                rebase = 0 if last is None else last + 3000 - int(packet.pts or 0)
+            if rebase is not None:
+                pts = int(packet.pts or 0) + rebase
+                if codec == "H264":
+                    packager.add_video(data, pts, keyframe)
+                else:
+                    self.hub.hls.transcoder(self.stream_id).add_vp8(data, pts, keyframe)
+        except Exception:
+            self._hls_failed()
+        return rebase
+
+    def _hls_failed(self) -> None:
+        log.exception("HLS output failed; WebRTC goes on", extra={"stream_id": str(self.stream_id)})
+        self.hls_ok = False
 
     def cancel_end(self) -> None:
         if self._end_timer is not None:
@@ -326,6 +351,7 @@ class MediaHub:
         answer = await self._answer(pc, offer_sdp)
         # Known from the answer, before any frame: a viewer joining at once gets this codec.
         broadcast.video_codec = answer_video_codec(answer) or broadcast.video_codec
+        broadcast.audio = "audio" in offer.kinds
         broadcast.publisher = session
         broadcast.cancel_end()
         self.sessions[session.id] = session
