@@ -175,6 +175,12 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
                                       database_url=database_url, redis_url=redis_url)
             others.start()
             background.append(asyncio.create_task(others.supervise()))
+            log.warning(
+                "live video sessions (WHIP, WHEP) and HLS output live in the process that "
+                "took the publisher: with several processes on the port a viewer may reach "
+                "another one (409 stream_not_live, 404 for HLS); serve media with "
+                "LIVECORE_PROCESSES=1 (docs/streaming.md)",
+                extra={"processes": settings.processes})
         # Everything allocated so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stop the loop longer as the heap grows;
         # later, the survivors of each full pass (gateway/collector.py).

@@ -159,8 +159,14 @@ async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns
         media_api: ApiClient) -> None:
     api = media_api
     stream_id, key, _ = await new_stream(api)
+    ws_url = str(api.client.make_url("/ws")).replace("http://", "ws://")
+    room = await HubClient.connect(ws_url)
+    await room.subscribe(stream_id)
     publisher, location = await publish(api, stream_id, key)
     await until(lambda: _is(state_of(api, stream_id), "live"))
+    # The room hears it: media arrived.
+    event = await room.next_event("stream.state", timeout=10)
+    assert event["data"] == {"state": "live"}
     # Leaving and coming back within the grace period keeps the stream live.
     response, _ = await api.request("DELETE", location, headers={"Authorization": f"Bearer {key}"})
     assert response.status == 200
@@ -175,6 +181,9 @@ async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns
     assert response.status == 200
     await again.close()
     await until(lambda: _is(state_of(api, stream_id), "ended"))
+    event = await room.next_event("stream.state", timeout=10)
+    assert event["data"] == {"state": "ended"}  # one event: the return kept it live
+    await room.close()
     # An ended stream takes no publisher.
     assert await refused_publish(api, stream_id, key) == (409, "stream_ended")
 
