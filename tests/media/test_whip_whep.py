@@ -14,7 +14,7 @@ from av import VideoFrame
 from gateway.client import HubClient
 from gateway.media import MEDIA_KEY, MediaHub
 from livecore.ids import StreamId
-from livecore.media import SDP_TYPE, TRICKLE_TYPE
+from livecore.media import SDP_TYPE, TRICKLE_TYPE, summarize_offer
 from tests.support import ApiClient
 
 WIDTH, HEIGHT = 320, 240
@@ -259,3 +259,55 @@ async def test_bad_requests_get_clear_statuses_and_change_nothing(media_api: Api
     assert response.status == 200
     await publisher.close()
     await pc.close()
+
+
+async def test_viewers_keyframe_requests_reach_the_publisher_rate_limited(
+        media_api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer's PLI is passed on to the publisher (nothing is encoded at the gateway), at
+    most once per PLI_INTERVAL_S; a joining viewer asks for one itself."""
+    api = media_api
+    stream_id, key, _ = await new_stream(api)
+    publisher, _ = await publish(api, stream_id, key)
+    try:
+        [video_sender] = [s for s in publisher.getSenders() if s.track and s.track.kind == "video"]
+        asked: list[float] = []
+        original = video_sender._send_keyframe
+
+        def counted() -> None:
+            asked.append(asyncio.get_running_loop().time())
+            original()
+
+        video_sender._send_keyframe = counted  # type: ignore[method-assign]
+        await until(lambda: _is(state_of(api, stream_id), "live"))
+        monkeypatch.setattr("gateway.media.PLI_INTERVAL_S", 3600.0)  # one per test, at most
+        media: MediaHub = api.client.app[MEDIA_KEY]
+        broadcast = media.broadcasts[StreamId(uuid.UUID(stream_id))]
+        broadcast._last_pli = float("-inf")  # forget the requests made before the change
+        before = len(asked)
+        viewer, frames, _ = await watch(api, stream_id)
+        await frames_of(frames, 5)
+
+        async def one_more() -> bool:
+            return len(asked) == before + 1
+
+        await until(one_more)  # the joining viewer's request reached the publisher
+        # The viewer now asks ten times in a row: within the interval, nothing more goes up.
+        [receiver] = [r for r in viewer.getReceivers() if r.track.kind == "video"]
+        # The gateway's video SSRC, not its retransmission one (a PLI names the media SSRC).
+        media_ssrc = summarize_offer(viewer.remoteDescription.sdp).video_ssrc
+        assert media_ssrc is not None
+        for _ in range(10):
+            await receiver._send_rtcp_pli(media_ssrc)
+        await frames_of(frames, 10)  # time for RTCP to travel
+        assert len(asked) == before + 1
+        # Once the interval has passed, the next request goes up.
+        monkeypatch.setattr("gateway.media.PLI_INTERVAL_S", 0.0)
+        await receiver._send_rtcp_pli(media_ssrc)
+        await until(lambda: _is_more(asked, before + 1))
+        await viewer.close()
+    finally:
+        await publisher.close()
+
+
+async def _is_more(items: list[float], count: int) -> bool:
+    return len(items) > count
