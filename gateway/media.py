@@ -42,6 +42,7 @@ import redis.exceptions
 from aiohttp import web
 from aiortc import (
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
@@ -69,6 +70,7 @@ from livecore.media import (
     parse_trickle,
     summarize_offer,
 )
+from livecore.settings import ice_servers
 from livecore.streams import StreamEvent, StreamState
 
 log = logging.getLogger(__name__)
@@ -322,7 +324,7 @@ class MediaHub:
             raise Conflict("This stream already has a publisher.", code="already_live")
         if broadcast is None:
             broadcast = self.broadcasts[stream_id] = Broadcast(self, stream_id)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(self.rtc_configuration())
         session = Session(secrets.token_urlsafe(18), "whip", broadcast, pc, offer)
         for kind in offer.kinds:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
@@ -392,7 +394,7 @@ class MediaHub:
         if broadcast is None or broadcast.publisher is None or not broadcast.live:
             raise Conflict("The stream is not live: nothing to watch yet.",
                            code="stream_not_live")
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(self.rtc_configuration())
         session = Session(secrets.token_urlsafe(18), "whep", broadcast, pc, offer)
         tracks: dict[str, ViewerTrack] = {}
         for kind in offer.kinds:
@@ -470,6 +472,33 @@ class MediaHub:
             broadcast.cancel_end()
             await self.end_broadcast(broadcast)
 
+    def rtc_configuration(self) -> RTCConfiguration:
+        """The server's peer connections gather through LIVECORE_ICE_SERVERS (none: host
+        addresses only)."""
+        settings = self.services.settings
+        password = settings.turn_password.reveal() if settings.turn_password else None
+        servers = []
+        for url in ice_servers(settings.ice_servers):
+            if url.startswith("stun:"):
+                servers.append(RTCIceServer(urls=url))
+            else:
+                servers.append(RTCIceServer(urls=url, username=settings.turn_username or None,
+                                            credential=password))
+        return RTCConfiguration(iceServers=servers)
+
+    def ice_links(self) -> list[str]:
+        """``Link`` header values telling WHIP/WHEP clients the ICE servers (RFC 9725, 4.6)."""
+        settings = self.services.settings
+        links = []
+        for url in ice_servers(settings.ice_servers):
+            link = f'<{url}>; rel="ice-server"'
+            if not url.startswith("stun:") and settings.turn_username:
+                password = settings.turn_password.reveal() if settings.turn_password else ""
+                link += (f'; username="{settings.turn_username}"; credential="{password}"'
+                         '; credential-type="password"')
+            links.append(link)
+        return links
+
     def viewer_count(self, stream_id: StreamId) -> int:
         broadcast = self.broadcasts.get(stream_id)
         return 0 if broadcast is None else len(broadcast.viewers)
@@ -535,9 +564,12 @@ async def _sdp_body(request: web.Request, expected: str) -> str:
         raise MalformedSdp("The SDP is not UTF-8 text.") from None
 
 
-def _answer(session: Session, answer: str) -> web.Response:
-    return web.Response(status=201, text=answer, content_type=SDP_TYPE,
-                        headers={"Location": session.path, "ETag": f'"{session.id}"'})
+def _answer(media: MediaHub, session: Session, answer: str) -> web.Response:
+    response = web.Response(status=201, text=answer, content_type=SDP_TYPE,
+                            headers={"Location": session.path, "ETag": f'"{session.id}"'})
+    for link in media.ice_links():
+        response.headers.add("Link", link)
+    return response
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
@@ -553,7 +585,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         raise Conflict("This stream has ended; create a new one to go live again.",
                        code="stream_ended")
     session, answer = await media.publish(stream_id, offer)
-    return _answer(session, answer)
+    return _answer(media, session, answer)
 
 
 async def whep_post(request: web.Request) -> web.StreamResponse:
@@ -562,7 +594,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     await media.services.streams.get(stream_id)  # 404 for an unknown stream
     offer = await _sdp_body(request, SDP_TYPE)
     session, answer = await media.play(stream_id, offer)
-    return _answer(session, answer)
+    return _answer(media, session, answer)
 
 
 def _session(request: web.Request, kind: str) -> Session:
@@ -614,7 +646,11 @@ async def hls_file(request: web.Request) -> web.StreamResponse:
 
 
 async def preflight(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=204)
+    """CORS preflight; also where a WHIP/WHEP client may learn the ICE servers first."""
+    response = web.Response(status=204)
+    for link in request.app[MEDIA_KEY].ice_links():
+        response.headers.add("Link", link)
+    return response
 
 
 def add_media_routes(app: web.Application, services: Services, *, node_id: str) -> MediaHub:

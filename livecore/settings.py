@@ -176,6 +176,24 @@ class Settings:
             "once).",
         ),
     )
+    ice_servers: str = field(
+        default="",
+        metadata=_env(
+            "LIVECORE_ICE_SERVERS",
+            "STUN/TURN servers for live video, comma-separated URLs (stun:host:port, "
+            "turn:host:port?transport=udp, turns:host:port): the server gathers its public "
+            "address through them and tells WHIP/WHEP clients about them (Link headers). Empty: "
+            "host addresses only, enough when clients reach the server's own address.",
+        ),
+    )
+    turn_username: str = field(
+        default="",
+        metadata=_env("LIVECORE_TURN_USERNAME", "Username for the turn:/turns: servers."),
+    )
+    turn_password: Secret | None = field(
+        default=None,
+        metadata=_env("LIVECORE_TURN_PASSWORD", "Password for the turn:/turns: servers."),
+    )
     media_grace_s: float = field(
         default=10.0,
         metadata=_env(
@@ -263,6 +281,10 @@ class Settings:
             problems.append("LIVECORE_MIN_SIGNUP_AGE must not be negative")
         if not 0 <= self.ws_flush_ms <= 1000:
             problems.append("LIVECORE_WS_FLUSH_MS must be between 0 and 1000")
+        try:
+            ice_servers(self.ice_servers)
+        except ValueError as exc:
+            problems.append(f"LIVECORE_ICE_SERVERS: {exc}")
         if self.max_connections < 0:
             problems.append("LIVECORE_MAX_CONNECTIONS must not be negative")
         public_scheme = urlsplit(self.public_url).scheme if self.public_url else "https"
@@ -289,6 +311,17 @@ class Settings:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def ice_servers(text: str) -> list[str]:
+    """The URLs of ``LIVECORE_ICE_SERVERS``; a URL that is not stun:, turn: or turns: is a
+    ValueError naming it."""
+    urls = [url.strip() for url in text.split(",") if url.strip()]
+    for url in urls:
+        scheme, _, rest = url.partition(":")
+        if scheme not in {"stun", "turn", "turns"} or not rest or rest.startswith("//"):
+            raise ValueError(f"{url!r} is not a stun:, turn: or turns: URL (RFC 7064, 7065)")
+    return urls
 
 
 def _cast(annotation: Any, raw: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,12 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
+from gateway.app import create_app
 from gateway.client import HubClient
 from gateway.media import MEDIA_KEY, MediaHub
 from livecore.ids import StreamId
 from livecore.media import SDP_TYPE, TRICKLE_TYPE, summarize_offer
+from livecore.settings import Secret
 from tests.support import ApiClient
 
 WIDTH, HEIGHT = 320, 240
@@ -311,3 +314,24 @@ async def test_viewers_keyframe_requests_reach_the_publisher_rate_limited(
 
 async def _is_more(items: list[float], count: int) -> bool:
     return len(items) > count
+
+
+async def test_configured_ice_servers_are_used_and_told_to_clients(make_services: Any,
+                                                                   tmp_path: Path) -> None:
+    """LIVECORE_ICE_SERVERS: the server's peer connections gather through them, and WHIP/WHEP
+    clients learn them from Link headers (RFC 9725, 4.6), TURN credentials included."""
+    services = make_services(ice_servers="stun:stun.example.net:3478, turn:turn.example.net",
+                             turn_username="live", turn_password=Secret("s3cret"),
+                             data_dir=str(tmp_path))
+    async with ApiClient.serving(create_app(services)) as api:
+        media: MediaHub = api.client.app[MEDIA_KEY]
+        configuration = media.rtc_configuration()
+        assert [(s.urls, s.username, s.credential) for s in configuration.iceServers or []] == [
+            ("stun:stun.example.net:3478", None, None),
+            ("turn:turn.example.net", "live", "s3cret")]
+        response, _ = await api.request("OPTIONS", f"/whep/{uuid.uuid4()}")
+        assert response.status == 204
+        assert response.headers.getall("Link") == [
+            '<stun:stun.example.net:3478>; rel="ice-server"',
+            '<turn:turn.example.net>; rel="ice-server"; username="live"; credential="s3cret"'
+            '; credential-type="password"']

@@ -1,7 +1,7 @@
 import pytest
 
 from livecore.errors import SettingsError
-from livecore.settings import Secret, Settings, redact_url
+from livecore.settings import Secret, Settings, ice_servers, redact_url
 
 
 def test_defaults_need_no_environment():
@@ -22,10 +22,13 @@ def test_values_are_cast_strictly():
             "LIVECORE_LOG_LEVEL": "debug",
             "LIVECORE_DATA_DIR": "",  # empty means unset
             "LIVECORE_MEDIA_GRACE_S": "2.5",
+            "LIVECORE_ICE_SERVERS": " stun:stun.example.net:3478, turns:turn.example.net ",
         }
     )
     assert settings.port == 9000
     assert settings.media_grace_s == 2.5
+    assert ice_servers(settings.ice_servers) == ["stun:stun.example.net:3478",
+                                                 "turns:turn.example.net"]
     assert settings.trust_proxy_headers is True
     assert settings.database_url == Secret("postgresql://app:hunter2@db/live")
     assert settings.data_dir == ".livecore"
@@ -51,6 +54,8 @@ def test_every_problem_is_reported_at_once_naming_the_variable():
         {"LIVECORE_MEDIA_GRACE_S": "soon"},
         {"LIVECORE_MEDIA_GRACE_S": "nan"},
         {"LIVECORE_MEDIA_GRACE_S": "0"},
+        {"LIVECORE_ICE_SERVERS": "stun.example.net:3478"},
+        {"LIVECORE_ICE_SERVERS": "stun:a.example, http://b.example"},
     ],
 )
 def test_out_of_range_values_fail_at_start_up(environ):
