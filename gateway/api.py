@@ -414,10 +414,16 @@ async def rotate_stream_key(call: Call) -> web.StreamResponse:
     return json_response(stream_json(call, updated))
 
 
+#: Called with a stream's id when the API ends it (the media plane hangs up its publisher).
+STREAM_ENDED_KEY = web.AppKey("stream_ended", list[Callable[[StreamId], Awaitable[None]]])
+
+
 async def end_stream(call: Call) -> web.StreamResponse:
     stream = await owned_or_moderated(call)
     ended = await call.services.streams.transition(stream.id, StreamEvent.END, call.now)
     await publish_state(call.services, ended)
+    for hang_up in call.request.app.get(STREAM_ENDED_KEY, []):
+        await hang_up(ended.id)
     return json_response(stream_json(call, ended))
 
 

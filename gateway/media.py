@@ -53,7 +53,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from gateway import auth
-from gateway.api import publish_state
+from gateway.api import STREAM_ENDED_KEY, publish_state
 from gateway.hls import TARGET_DURATION_S, HlsOutput
 from gateway.http import error_response
 from gateway.hub import NODE_TTL_S, PRESENCE_INTERVAL_S
@@ -226,6 +226,8 @@ class Broadcast:
                 return
             if not self.live:
                 await self.hub.went_live(self)
+                if self.publisher is None:  # the stream had been ended: hung up
+                    return
             data = bytes(packet)
             keyframe = kind != "video" or is_keyframe(codec, data)
             if kind == "video":
@@ -360,13 +362,31 @@ class MediaHub:
         return session, answer
 
     async def went_live(self, broadcast: Broadcast) -> None:
+        """The publisher's first media: the stream goes live (once). If it was ended meanwhile
+        (by its owner or a moderator), the publisher is hung up instead."""
         broadcast.live = True
         stream = await self.services.streams.get(broadcast.stream_id)
-        if stream.state is StreamState.CREATED:
-            stream = await self.services.streams.transition(stream.id, StreamEvent.START,
-                                                            utc_now())
-            await publish_state(self.services, stream)
-            log.info("stream live", extra={"stream_id": str(stream.id)})
+        try:
+            if stream.state is StreamState.CREATED:
+                stream = await self.services.streams.transition(stream.id, StreamEvent.START,
+                                                                utc_now())
+                await publish_state(self.services, stream)
+                log.info("stream live", extra={"stream_id": str(stream.id)})
+        except Conflict:  # ended between the WHIP request and its first media
+            stream = await self.services.streams.get(broadcast.stream_id)
+        if stream.state is StreamState.ENDED:
+            await self.stream_ended(broadcast.stream_id)
+
+    async def stream_ended(self, stream_id: StreamId) -> None:
+        """The stream was ended (by the API, or before its media came): hang up its publisher
+        and viewers now, and close its HLS output (the replay stays)."""
+        broadcast = self.broadcasts.get(stream_id)
+        if broadcast is None:
+            return
+        if broadcast.publisher is not None:
+            await self.leave(broadcast.publisher)
+        broadcast.cancel_end()
+        await self.end_broadcast(broadcast)
 
     async def end_broadcast(self, broadcast: Broadcast) -> None:
         """The publisher did not come back: end the stream and its viewers' sessions."""
@@ -665,6 +685,7 @@ def add_media_routes(app: web.Application, services: Services, *, node_id: str) 
         app.router.add_route("OPTIONS", f"/{kind}/{{stream_id}}/{{session_id}}",
                              _with_cors(preflight))
 
+    app.setdefault(STREAM_ENDED_KEY, []).append(media.stream_ended)
     app.router.add_get("/hls/{stream_id}/index.m3u8", _with_cors(hls_playlist))
     app.router.add_get("/hls/{stream_id}/{name}", _with_cors(hls_file))
 

@@ -335,3 +335,24 @@ async def test_configured_ice_servers_are_used_and_told_to_clients(make_services
             '<stun:stun.example.net:3478>; rel="ice-server"',
             '<turn:turn.example.net>; rel="ice-server"; username="live"; credential="s3cret"'
             '; credential-type="password"']
+
+
+async def test_ending_the_stream_through_the_api_hangs_up_its_publisher_and_viewers(
+        media_api: ApiClient) -> None:
+    api = media_api
+    stream_id, key, token = await new_stream(api)
+    publisher, location = await publish(api, stream_id, key)
+    await until(lambda: _is(state_of(api, stream_id), "live"))
+    viewer, frames, _ = await watch(api, stream_id)
+    await frames_of(frames, 5)
+    media: MediaHub = api.client.app[MEDIA_KEY]
+    response, body = await api.request("POST", f"/api/v1/streams/{stream_id}/end", token=token)
+    assert response.status == 200 and body["state"] == "ended"
+    # At once, not after the grace period: no session is left, nothing more to watch.
+    assert media.sessions == {}
+    assert StreamId(uuid.UUID(stream_id)) not in media.broadcasts
+    response, body = await api.request(
+        "DELETE", location, headers={"Authorization": f"Bearer {key}"})
+    assert (response.status, body["error"]["code"]) == (404, "session_not_found")
+    await viewer.close()
+    await publisher.close()
