@@ -151,16 +151,13 @@ class ViewerTrack(MediaStreamTrack):
         self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue()
         self._until_keyframe = kind == "video"
         self._on_keyframe_needed = on_keyframe_needed
-        self.skipped = 0
 
     def offer(self, packet: av.Packet[Any], keyframe: bool) -> None:
         if self._until_keyframe and not keyframe:
-            self.skipped += 1
             return
         if self._queue.qsize() >= VIEWER_QUEUE:  # too slow: drop what waits, restart on a key
             while not self._queue.empty():
                 self._queue.get_nowait()
-                self.skipped += 1
             if self.kind == "video":
                 self._until_keyframe = True
                 self._on_keyframe_needed()
@@ -518,10 +515,6 @@ class MediaHub:
                          '; credential-type="password"')
             links.append(link)
         return links
-
-    def viewer_count(self, stream_id: StreamId) -> int:
-        broadcast = self.broadcasts.get(stream_id)
-        return 0 if broadcast is None else len(broadcast.viewers)
 
     def start_counting(self) -> None:
         self._counting = asyncio.create_task(self._count_forever(), name="media-presence")

@@ -3,6 +3,7 @@ and the side-by-side table every benchmark prints (subject, baseline, ratio)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import socket
@@ -53,6 +54,55 @@ def upgrade_answer(buf: bytes) -> int | str | None:
     if not buf.startswith(b"HTTP/1.1 101"):
         return buf[: buf.find(b"\r\n")].decode(errors="replace")
     return end + 4
+
+
+class UpgradingSocket(asyncio.Protocol):
+    """A load generator's websocket connection: it sends its ``upgrade_request``, reads the
+    server's answer, then hands every read (after what the last one kept) to :meth:`received`,
+    from the offset of the first frame; what that returns is kept for the next read."""
+
+    __slots__ = ("upgrade_request", "transport", "buffer", "upgraded")
+
+    def __init__(self, upgrade_request: bytes) -> None:
+        self.upgrade_request = upgrade_request
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.upgrade_request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        pos = 0
+        if not self.upgraded:
+            answer = upgrade_answer(buf)
+            if answer is None:
+                self.buffer = buf
+                return
+            if isinstance(answer, str):
+                self.buffer = b""
+                self.refused(answer)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded = True
+            pos = answer
+            self.opened()
+        self.buffer = self.received(buf, pos)
+
+    def opened(self) -> None:
+        """The upgrade was accepted (before the first frames are handed on)."""
+
+    def refused(self, status_line: str) -> None:
+        """The server refused the upgrade; the connection is closed next."""
+
+    def received(self, buf: bytes, pos: int) -> bytes:
+        """Read the frames in ``buf`` from ``pos``; returns the bytes to keep (an incomplete
+        frame's)."""
+        raise NotImplementedError
 
 
 def next_frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:

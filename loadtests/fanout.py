@@ -86,6 +86,7 @@ from gateway.roombus import RoomBus
 from livecore.chat import CHAT_PER_S
 from loadtests.common import (
     Row,
+    UpgradingSocket,
     comparison,
     console,
     cpu_seconds,
@@ -97,7 +98,6 @@ from loadtests.common import (
     progress,
     server_cpu,
     serving_pids,
-    upgrade_answer,
 )
 from loadtests.common import server_process as _server_process
 
@@ -222,7 +222,7 @@ class Tally:
         self.last_receive = 0.0
 
 
-class LeanSocket(asyncio.Protocol):
+class LeanSocket(UpgradingSocket):
     """A websocket client connection that subscribes to one room and then only counts.
 
     It sends the upgrade request, then a ``subscribe``; ``ready`` resolves on the ``ack``.
@@ -230,25 +230,16 @@ class LeanSocket(asyncio.Protocol):
     latency recorded, pings answered, anything else ignored (errors counted).
     """
 
-    __slots__ = ("tally", "request", "subscribe", "ready", "transport", "buffer", "upgraded",
-                 "acks", "leaving")
+    __slots__ = ("tally", "subscribe", "ready", "acks", "leaving")
 
     def __init__(self, tally: Tally, request: bytes, subscribe: bytes,
                  ready: asyncio.Future[None]) -> None:
+        super().__init__(request)
         self.tally = tally
-        self.request = request
         self.subscribe = subscribe
         self.ready = ready
-        self.transport: asyncio.Transport | None = None
-        self.buffer = b""
-        self.upgraded = False
         self.acks = 0
         self.leaving = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -266,25 +257,15 @@ class LeanSocket(asyncio.Protocol):
             self.transport.write(masked(Opcode.CLOSE, Close(1000, "").serialize()))
             self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buffer + data if self.buffer else data
-        pos = 0
-        if not self.upgraded:
-            answer = upgrade_answer(buf)
-            if answer is None:
-                self.buffer = buf
-                return
-            if isinstance(answer, str):
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(answer))
-                self.buffer = b""
-                assert self.transport is not None
-                self.transport.close()
-                return
-            self.upgraded = True
-            pos = answer
-            assert self.transport is not None
-            self.transport.write(self.subscribe)
+    def opened(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.subscribe)
+
+    def refused(self, status_line: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(status_line))
+
+    def received(self, buf: bytes, pos: int) -> bytes:
         tally = self.tally
         size = len(buf)
         now = 0.0
@@ -316,7 +297,7 @@ class LeanSocket(asyncio.Protocol):
             elif opcode == 8:
                 self.leave()
             pos = end
-        self.buffer = buf[pos:] if pos < size else b""
+        return buf[pos:] if pos < size else b""
 
 
 async def open_socket(tally: Tally, host: str, port: int, source: str, room: str,

@@ -68,6 +68,7 @@ from ledger.migrate import migrate
 from ledger.projection import RedisProjection
 from livecore.economy import split
 from loadtests.common import (
+    UpgradingSocket,
     console,
     cpu_seconds,
     free_port,
@@ -77,7 +78,6 @@ from loadtests.common import (
     progress,
     server_cpu,
     server_process,
-    upgrade_answer,
 )
 
 COINS_EACH = 10**9
@@ -298,7 +298,7 @@ async def check_ledger(pool: Any, *, expected: int, unanswered: int = 0,
 # -- end to end: livecore serve over websockets ----------------------------------------------
 
 
-class GiftSocket(asyncio.Protocol):
+class GiftSocket(UpgradingSocket):
     """One viewer's websocket, read without walking its frames.
 
     In the one-streamer case every gift reaches every viewer: hundreds of thousands of
@@ -313,11 +313,8 @@ class GiftSocket(asyncio.Protocol):
     """
 
     def __init__(self, request: bytes, hello: asyncio.Future[None]) -> None:
-        self.request_bytes = request
+        super().__init__(request)
         self.hello = hello
-        self.transport: asyncio.Transport | None = None
-        self.buffer = b""
-        self.upgraded = False
         #: Where in ``buffer`` the next search for an answer starts.
         self.scan_from = 0
         self.deliveries = 0
@@ -335,11 +332,6 @@ class GiftSocket(asyncio.Protocol):
             await hello
         return sock
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request_bytes)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self.hello.done():
@@ -348,21 +340,13 @@ class GiftSocket(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(ConnectionError("connection closed"))
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buffer + data if self.buffer else data
-        if not self.upgraded:
-            answer = upgrade_answer(buf)
-            if answer is None:
-                self.buffer = buf
-                return
-            if isinstance(answer, str):
-                if not self.hello.done():
-                    self.hello.set_exception(ConnectionError(answer))
-                assert self.transport is not None
-                self.transport.close()
-                return
-            self.upgraded = True
-            buf = buf[answer:]
+    def refused(self, status_line: str) -> None:
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionError(status_line))
+
+    def received(self, buf: bytes, pos: int) -> bytes:
+        if pos:
+            buf = buf[pos:]
         # Answers: from where the last read stopped; one not all received stops the search.
         done = len(buf)
         parsed_end = self.scan_from
@@ -390,7 +374,7 @@ class GiftSocket(asyncio.Protocol):
         cut = max(0, min(done, len(buf) - len(GIFT_SENT) + 1))
         self.deliveries += buf.count(GIFT_SENT, 0, cut + len(GIFT_SENT) - 1)
         self.scan_from = max(0, parsed_end - cut)
-        self.buffer = buf[cut:]
+        return buf[cut:]
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.closed or self.transport is None:

@@ -197,3 +197,12 @@ def make_services(services: Services) -> Any:
         return Services(settings=changed, pool=services.pool, redis=services.redis, clock=clock)
 
     return make
+
+
+@pytest.fixture
+async def media_api(make_services: Any, tmp_path: Path) -> AsyncIterator[ApiClient]:
+    """A served app whose streams end 0.5 s after their publisher leaves; its HLS files under
+    ``tmp_path``."""
+    services = make_services(media_grace_s=0.5, data_dir=str(tmp_path))
+    async with ApiClient.serving(create_app(services)) as api:
+        yield api

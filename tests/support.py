@@ -51,6 +51,20 @@ def database_url_for(admin_url: str, name: str) -> str:
     return urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
 
 
+async def stream_state(api: ApiClient, stream_id: str) -> str:
+    """A stream's state, as the API shows it."""
+    _, stream = await api.request("GET", f"/api/v1/streams/{stream_id}")
+    return str(stream["state"])
+
+
+async def until_state(api: ApiClient, stream_id: str, state: str, *, within_s: float = 30) -> None:
+    """Poll the API until the stream is in ``state`` (it changes in PostgreSQL: nothing to
+    wait on)."""
+    async with asyncio.timeout(within_s):
+        while await stream_state(api, stream_id) != state:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def own_database(backend: Any, *, migrated: bool) -> AsyncIterator[str]:
     """A database of the caller's own on ``backend``'s server (migrated if asked), dropped

@@ -9,21 +9,24 @@ secure origin, so getUserMedia works there.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
-from gateway.app import create_app
 from gateway.media import MEDIA_KEY, MediaHub
-from gateway.services import Services
 from ledger.batcher import grant
 from livecore.ids import StreamId
-from tests.support import CHROMIUM_ARGS, PASSWORD, ApiClient, chromium_path
+from tests.support import (
+    CHROMIUM_ARGS,
+    PASSWORD,
+    ApiClient,
+    chromium_path,
+    stream_state,
+    until_state,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -70,14 +73,6 @@ def watch_errors(page: Page) -> list[str]:
 
 
 @pytest.fixture
-async def media_api(make_services: Any) -> AsyncIterator[ApiClient]:
-    """The app with a short grace period: the stream ends 0.5 s after the publisher leaves."""
-    services: Services = make_services(media_grace_s=0.5)
-    async with ApiClient.serving(create_app(services)) as api:
-        yield api
-
-
-@pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
@@ -86,17 +81,6 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
-
-
-async def state_of(api: ApiClient, stream_id: str) -> str:
-    _, stream = await api.request("GET", f"/api/v1/streams/{stream_id}")
-    return str(stream["state"])
-
-
-async def until_state(api: ApiClient, stream_id: str, state: str) -> None:
-    async with asyncio.timeout(WAIT_MS / 1000):
-        while await state_of(api, stream_id) != state:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
@@ -146,7 +130,7 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
     await expect(studio.locator("#stop")).to_be_enabled()
     await expect(studio.locator("#start")).to_be_disabled()
     await expect(studio.locator("#state")).to_have_attribute("data-state", "live")
-    assert await state_of(api, room) == "live"
+    assert await stream_state(api, room) == "live"
     broadcast = media.broadcasts[StreamId(uuid.UUID(room))]
     assert broadcast.publisher is not None
     assert broadcast.video_codec == codec

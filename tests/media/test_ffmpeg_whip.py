@@ -41,8 +41,8 @@ from cryptography.x509.oid import NameOID
 from gateway.media import MEDIA_KEY
 from livecore.ids import StreamId
 from livecore.media import answer_video_codec
-from tests.media.test_whip_whep import frames_of, new_stream, state_of, until, watch
-from tests.support import ApiClient
+from tests.media.test_whip_whep import frames_of, new_stream, until, watch
+from tests.support import ApiClient, stream_state, until_state
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
 SAMPLE_RATE = 48_000
@@ -212,7 +212,7 @@ async def test_ffmpeg_publishes_h264_and_opus_that_a_whep_viewer_decodes(
         media_api: ApiClient, tmp_path: Path) -> None:
     api = media_api
     stream_id, key, _ = await new_stream(api)
-    assert await state_of(api, stream_id) == "created"
+    assert await stream_state(api, stream_id) == "created"
     (tmp_path / "dtls").mkdir()
     cert_file, key_file = p256_certificate(tmp_path / "dtls")
     url = str(api.client.make_url(f"/whip/{stream_id}"))
@@ -220,13 +220,9 @@ async def test_ffmpeg_publishes_h264_and_opus_that_a_whep_viewer_decodes(
     viewers: list[RTCPeerConnection] = []
     try:
         await until(lambda: _live(publisher, api, stream_id))
-        # The stream goes live on the publisher's first packet of either kind (Opus may come
-        # first), but the gateway only learns the video codec from the first video frame, and
-        # a WHEP offer answered before that gets aiortc's default (VP8) while H.264 is
-        # forwarded: the viewer cannot decode a frame (seen under load). Until gateway/media.py
-        # takes the codec from the publisher's negotiated SDP, wait for it to be known.
+        # The viewer is offered the publisher's codec, known from the WHIP answer already.
         broadcast = api.client.app[MEDIA_KEY].broadcasts[StreamId(uuid.UUID(stream_id))]
-        await until(lambda: _is_true(broadcast.video_codec == "H264"))
+        assert broadcast.video_codec == "H264"
         viewer, frames, _ = await watch(api, stream_id)
         viewers.append(viewer)
         assert answer_video_codec(viewer.remoteDescription.sdp) == "H264"
@@ -240,7 +236,7 @@ async def test_ffmpeg_publishes_h264_and_opus_that_a_whep_viewer_decodes(
         sound = [a for a in received if isinstance(a, av.AudioFrame)]
         assert len(sound) == len(received)
         assert {(a.sample_rate, len(a.layout.channels)) for a in sound} == {(SAMPLE_RATE, 2)}
-        assert await _state_is(api, stream_id, "live")
+        assert await stream_state(api, stream_id) == "live"
     finally:
         published = await publisher.stop()
         for pc in viewers:
@@ -248,19 +244,11 @@ async def test_ffmpeg_publishes_h264_and_opus_that_a_whep_viewer_decodes(
     assert published.returncode == 0, published.stderr
     assert published.sent >= 2 * FPS
     # The muxer's DELETE on close ends the session; the stream ends after the 0.5 s grace.
-    await until(lambda: _state_is(api, stream_id, "ended"))
-
-
-async def _is_true(value: bool) -> bool:
-    return value
+    await until_state(api, stream_id, "ended")
 
 
 async def _live(publisher: FfmpegPublisher, api: ApiClient, stream_id: str) -> bool:
-    return await publisher.running() and await _state_is(api, stream_id, "live")
-
-
-async def _state_is(api: ApiClient, stream_id: str, expected: str) -> bool:
-    return await state_of(api, stream_id) == expected
+    return await publisher.running() and await stream_state(api, stream_id) == "live"
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ from livecore.hls import TICKS_PER_S
 from tests.media.test_whip_whep import (
     HEIGHT,
     WIDTH,
-    _is,
     new_stream,
     publish,
-    state_of,
     until,
 )
-from tests.support import ApiClient
+from tests.support import ApiClient, until_state
 
 
 async def playlist(api: ApiClient, stream_id: str,
@@ -67,7 +65,7 @@ async def test_a_live_stream_has_ll_hls_with_blocking_reload_and_a_replay(
     assert status == 404  # nothing before media
     publisher, location = await publish(api, stream_id, key, video_codec=codec)
     try:
-        await until(lambda: _is(state_of(api, stream_id), "live"))
+        await until_state(api, stream_id, "live")
 
         async def two_segments() -> bool:
             status, text, _ = await playlist(api, stream_id)
@@ -107,7 +105,7 @@ async def test_a_live_stream_has_ll_hls_with_blocking_reload_and_a_replay(
         response, _ = await api.request("DELETE", location,
                                         headers={"Authorization": f"Bearer {key}"})
         await publisher.close()
-    await until(lambda: _is(state_of(api, stream_id), "ended"))
+    await until_state(api, stream_id, "ended")
     # The replay: a VOD playlist of every segment from the start, each decodable.
     status, text, headers = await playlist(api, stream_id)
     assert status == 200 and "#EXT-X-ENDLIST" in text and "#EXT-X-PLAYLIST-TYPE:VOD" in text

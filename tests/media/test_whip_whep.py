@@ -18,7 +18,7 @@ from gateway.media import MEDIA_KEY, MediaHub
 from livecore.ids import StreamId
 from livecore.media import SDP_TYPE, TRICKLE_TYPE, summarize_offer
 from livecore.settings import Secret
-from tests.support import ApiClient
+from tests.support import ApiClient, stream_state, until_state
 
 WIDTH, HEIGHT = 320, 240
 
@@ -98,13 +98,8 @@ async def watch(api: ApiClient, stream_id: str) -> tuple[RTCPeerConnection, asyn
     return pc, frames, response.headers["Location"]
 
 
-async def state_of(api: ApiClient, stream_id: str) -> str:
-    _, stream = await api.request("GET", f"/api/v1/streams/{stream_id}")
-    return str(stream["state"])
-
-
 async def until(predicate: Any) -> None:
-    """Poll the API (the stream's state is in PostgreSQL; nothing to wait on here)."""
+    """Poll ``predicate`` (an async callable) until it is true."""
     async with asyncio.timeout(20):
         while not await predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
@@ -127,7 +122,7 @@ async def test_a_published_stream_goes_live_and_viewers_decode_forwarded_frames(
     publisher, location = await publish(api, stream_id, key, video_codec=codec)
     try:
         assert location.startswith(f"/whip/{stream_id}/")
-        await until(lambda: _is(state_of(api, stream_id), "live"))
+        await until_state(api, stream_id, "live")
         ws_url = str(api.client.make_url("/ws")).replace("http://", "ws://")
         async with await HubClient.connect(ws_url) as room:
             await room.subscribe(stream_id)
@@ -154,10 +149,6 @@ async def test_a_published_stream_goes_live_and_viewers_decode_forwarded_frames(
         await publisher.close()
 
 
-async def _is(value: Any, expected: str) -> bool:
-    return await value == expected
-
-
 async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns(
         media_api: ApiClient) -> None:
     api = media_api
@@ -166,7 +157,7 @@ async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns
     room = await HubClient.connect(ws_url)
     await room.subscribe(stream_id)
     publisher, location = await publish(api, stream_id, key)
-    await until(lambda: _is(state_of(api, stream_id), "live"))
+    await until_state(api, stream_id, "live")
     # The room hears it: media arrived.
     event = await room.next_event("stream.state", timeout=10)
     assert event["data"] == {"state": "live"}
@@ -176,14 +167,14 @@ async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns
     await publisher.close()
     again, location = await publish(api, stream_id, key)
     await asyncio.sleep(1.0)  # longer than the 0.5 s grace
-    assert await state_of(api, stream_id) == "live"
+    assert await stream_state(api, stream_id) == "live"
     # A second publisher while one is connected is refused.
     assert await refused_publish(api, stream_id, key) == (409, "already_live")
     # Leaving for good ends it, after the grace period.
     response, _ = await api.request("DELETE", location, headers={"Authorization": f"Bearer {key}"})
     assert response.status == 200
     await again.close()
-    await until(lambda: _is(state_of(api, stream_id), "ended"))
+    await until_state(api, stream_id, "ended")
     event = await room.next_event("stream.state", timeout=10)
     assert event["data"] == {"state": "ended"}  # one event: the return kept it live
     await room.close()
@@ -234,7 +225,7 @@ async def test_bad_requests_get_clear_statuses_and_change_nothing(media_api: Api
         response, answer = await api.request("POST", path, data=body, headers=headers)
         assert (response.status, answer["error"]["code"]) == (status, code), (path, answer)
         assert response.headers["Access-Control-Allow-Origin"] == "*"
-    assert await state_of(api, stream_id) == "created"
+    assert await stream_state(api, stream_id) == "created"
     # CORS preflight for browsers.
     response, _ = await api.request("OPTIONS", f"/whip/{stream_id}")
     assert response.status == 204
@@ -281,7 +272,7 @@ async def test_viewers_keyframe_requests_reach_the_publisher_rate_limited(
             original()
 
         video_sender._send_keyframe = counted  # type: ignore[method-assign]
-        await until(lambda: _is(state_of(api, stream_id), "live"))
+        await until_state(api, stream_id, "live")
         monkeypatch.setattr("gateway.media.PLI_INTERVAL_S", 3600.0)  # one per test, at most
         media: MediaHub = api.client.app[MEDIA_KEY]
         broadcast = media.broadcasts[StreamId(uuid.UUID(stream_id))]
@@ -342,7 +333,7 @@ async def test_ending_the_stream_through_the_api_hangs_up_its_publisher_and_view
     api = media_api
     stream_id, key, token = await new_stream(api)
     publisher, location = await publish(api, stream_id, key)
-    await until(lambda: _is(state_of(api, stream_id), "live"))
+    await until_state(api, stream_id, "live")
     viewer, frames, _ = await watch(api, stream_id)
     await frames_of(frames, 5)
     media: MediaHub = api.client.app[MEDIA_KEY]
