@@ -455,7 +455,10 @@ class MediaHub:
 
     async def trickle(self, session: Session, fragment: str) -> None:
         for found in parse_trickle(fragment, session.offer.ice_ufrag):
-            candidate = candidate_from_sdp(found.candidate)
+            try:
+                candidate = candidate_from_sdp(found.candidate)
+            except (ValueError, IndexError):
+                raise MalformedSdp(f"Not an ICE candidate: {found.candidate[:100]!r}") from None
             candidate.sdpMid = found.mid
             candidate.sdpMLineIndex = found.line_index
             await session.pc.addIceCandidate(candidate)

@@ -152,5 +152,11 @@ def parse_trickle(fragment: str, session_ufrag: str | None) -> list[TrickleCandi
         elif line.startswith("a=mid:"):
             mid = line.split(":", 1)[1]
         elif line.startswith("a=candidate:"):
-            candidates.append(TrickleCandidate(mid, max(index, 0), line[len("a=candidate:"):]))
+            value = line[len("a=candidate:"):]
+            # foundation component transport priority address port "typ" type (RFC 8839)
+            fields = value.split()
+            if (len(fields) < 8 or fields[6] != "typ"
+                    or not all(fields[i].isdigit() for i in (1, 3, 5))):
+                raise MalformedSdp(f"Not an ICE candidate: {value[:100]!r}")
+            candidates.append(TrickleCandidate(mid, max(index, 0), value))
     return candidates

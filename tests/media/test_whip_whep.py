@@ -238,6 +238,9 @@ async def test_bad_requests_get_clear_statuses_and_change_nothing(media_api: Api
     response, _ = await api.request("PATCH", location, data=candidate,
                                     headers={**auth, "Content-Type": TRICKLE_TYPE})
     assert response.status == 204
+    response, body = await api.request("PATCH", location, data="a=candidate:garbage\r\n",
+                                       headers={**auth, "Content-Type": TRICKLE_TYPE})
+    assert (response.status, body["error"]["code"]) == (400, "malformed_sdp")
     restart = "a=ice-ufrag:other\r\na=ice-pwd:0123456789012345678901\r\n"
     response, body = await api.request("PATCH", location, data=restart,
                                        headers={**auth, "Content-Type": TRICKLE_TYPE})

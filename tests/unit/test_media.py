@@ -78,6 +78,8 @@ def test_trickle_fragments_give_candidates_and_refuse_ice_restarts() -> None:
         parse_trickle(fragment.replace("abcd", "efgh"), "abcd")
     with pytest.raises(MalformedSdp):
         parse_trickle("garbage", "abcd")
+    with pytest.raises(MalformedSdp):
+        parse_trickle("a=candidate:1 1 UDP 1 192.0.2.2 5000 host\r\n", "abcd")
 
 
 def test_the_answer_names_the_video_codec_it_settled_on() -> None:
