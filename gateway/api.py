@@ -39,6 +39,7 @@ from livecore.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Un
 from livecore.ids import StreamId, TokenId, UserId, parse_stream_id, parse_token_id, parse_user_id
 from livecore.pagination import decode_cursor, encode_cursor, parse_limit
 from livecore.streams import Stream, StreamEvent, StreamState, StreamText
+from livecore.times import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,6 @@ def dispatch(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 # -- serialisation ------------------------------------------------------------------------
 
 
-def iso_time(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def user_json(account: Account, now: dt.datetime, *, private: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": str(account.id),
@@ -152,7 +149,7 @@ def user_json(account: Account, now: dt.datetime, *, private: bool = False) -> d
     return data
 
 
-def _base_url(call: Call) -> str:
+def base_url(call: Call) -> str:
     configured = call.services.settings.public_url
     if configured:
         return configured.rstrip("/")
@@ -160,7 +157,7 @@ def _base_url(call: Call) -> str:
 
 
 def stream_json(call: Call, stream: Stream) -> dict[str, Any]:
-    base = _base_url(call)
+    base = base_url(call)
     data: dict[str, Any] = {
         "id": str(stream.id),
         "creator_id": str(stream.creator_id),

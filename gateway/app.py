@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from importlib.util import find_spec
 from pathlib import Path
 from typing import cast
@@ -19,6 +20,7 @@ from gateway.hub import Hub
 from gateway.media import add_media_routes
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.openapi import build_document
+from gateway.payment_api import PAYMENT_ROUTES
 from gateway.services import Services
 from gateway.sockets import WS_PATH, FrontDoor
 from livecore import schemas
@@ -73,7 +75,7 @@ OPS_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", openapi, "This document.", "public", "operations",
           response={"type": "object"}),
 )
-ALL_ROUTES = ROUTES + CHAT_ROUTES + GIFT_ROUTES + FINANCE_ROUTES + OPS_ROUTES
+ALL_ROUTES = ROUTES + CHAT_ROUTES + GIFT_ROUTES + PAYMENT_ROUTES + FINANCE_ROUTES + OPS_ROUTES
 HUB_KEY = web.AppKey("hub", Hub)
 OPENAPI_DOCUMENT = build_document(ALL_ROUTES)
 
@@ -112,25 +114,17 @@ def create_app(services: Services) -> web.Application:
     app.on_shutdown.append(stop_hub)
     pages = web_dir()
 
-    async def index(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(pages / "index.html", headers={"Cache-Control": "no-cache"})
+    def page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(pages / name, headers={"Cache-Control": "no-cache"})
 
-    app.router.add_get("/", index)
+        return serve
 
-    async def watch(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(pages / "watch.html", headers={"Cache-Control": "no-cache"})
-
-    app.router.add_get("/watch/{stream_id}", watch)
-
-    async def go_live(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(pages / "golive.html", headers={"Cache-Control": "no-cache"})
-
-    app.router.add_get("/live/{stream_id}", go_live)
-
-    async def finance(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(pages / "finance.html", headers={"Cache-Control": "no-cache"})
-
-    app.router.add_get("/finance", finance)
+    for path, name in (("/", "index.html"), ("/watch/{stream_id}", "watch.html"),
+                       ("/live/{stream_id}", "golive.html"), ("/finance", "finance.html"),
+                       ("/coins", "coins.html"), ("/pay/test/{purchase_id}", "paytest.html"),
+                       ("/creator", "creator.html")):
+        app.router.add_get(path, page(name))
     app.router.add_static("/static/", pages, append_version=False)
     return app
 

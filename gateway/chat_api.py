@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import Call, Route, iso_time, owned_or_moderated
+from gateway.api import Call, Route, owned_or_moderated
 from gateway.http import json_response
 from gateway.store import ChatSettings, SanctionRecord
 from livecore.chat import MAX_SLOW_MODE_S, SanctionKind, clean_blocked_words
@@ -22,6 +22,7 @@ from livecore.errors import Conflict, ValidationFailed
 from livecore.ids import parse_user_id, parse_uuid
 from livecore.schemas import UUID, Schema
 from livecore.streams import Stream
+from livecore.times import iso_time
 
 CHAT_SETTINGS: Schema = {
     "type": "object",

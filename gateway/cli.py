@@ -4,7 +4,8 @@
                                    DATABASE_URL / REDIS_URL are unset)
     livecore migrate               apply pending database migrations, then exit
     livecore worker                background jobs: the periodic reconciliation of Redis
-                                   with the ledger
+                                   with the ledger, and retrying stuck payouts
+    livecore payouts retry         resolve the payouts stuck in pending once, then exit
     livecore user create NAME      create an account with roles (bootstrap an admin)
     livecore user roles NAME       replace an account's roles
     livecore protocol-schema       print the websocket protocol's JSON Schema document
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import getpass
 import json
@@ -49,7 +51,9 @@ from gateway.supervisor import EXTRA_FLAG, ServingProcesses, watch_parent
 from ledger import postgres
 from ledger.audit import CheckResult, verify_postgres, verify_projection
 from ledger.migrate import migrate
+from ledger.payouts import RETRY_BATCH, Payouts
 from ledger.projection import RedisProjection
+from ledger.providers import provider_for
 from ledger.reconciler import Reconciler
 from livecore.accounts import (
     Role,
@@ -232,8 +236,10 @@ def raise_open_file_limit() -> int:
 
 
 async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
-    """Background jobs: a heartbeat every LIVECORE_WORKER_INTERVAL_S and a reconciliation
-    pass (ledger/reconciler.py) every LIVECORE_RECONCILE_INTERVAL_S, one worker at a time."""
+    """Background jobs: a heartbeat every LIVECORE_WORKER_INTERVAL_S, a reconciliation
+    pass (ledger/reconciler.py) every LIVECORE_RECONCILE_INTERVAL_S, one worker at a time, and
+    the payouts stuck in pending resolved every LIVECORE_PAYOUT_RETRY_INTERVAL_S
+    (ledger/payouts.py; several workers may do it at once: a payout is resolved once)."""
     stop = _stop_event()
     services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
     metrics = WorkerMetrics()
@@ -246,12 +252,15 @@ async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
     say("Livecore worker running; press Ctrl-C to stop.")
     key = settings.redis_prefix + "worker:heartbeat:" + str(os.getpid())
     loop = asyncio.get_running_loop()
-    next_pass = loop.time()
+    next_pass = next_payouts = loop.time()
     try:
         while not stop.is_set():
             try:
                 await services.redis.set(key, utc_now().isoformat(),
                                          ex=settings.worker_interval_s * 3)
+                if loop.time() >= next_payouts:
+                    next_payouts = loop.time() + settings.payout_retry_interval_s
+                    await services.payouts.retry_stuck()
                 if loop.time() >= next_pass:
                     next_pass = loop.time() + settings.reconcile_interval_s
                     await reconciler.run_pass()
@@ -262,7 +271,8 @@ async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
             except Exception:
                 metrics.reconcile_failures.inc()
                 log.exception("worker pass failed")
-            wait = min(settings.worker_interval_s, max(0.0, next_pass - loop.time()))
+            wait = min(settings.worker_interval_s,
+                       max(0.0, min(next_pass, next_payouts) - loop.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
     finally:
@@ -371,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_commands.add_parser("verify", help="check every ledger invariant")
     verify.add_argument("--repair-redis", action="store_true",
                         help="rebuild live streams whose Redis projection differs")
+    payouts = commands.add_parser("payouts", help="creator payouts")
+    payout_commands = payouts.add_subparsers(dest="payouts_command", required=True)
+    retry = payout_commands.add_parser(
+        "retry", help="resolve the payouts pending for longer than LIVECORE_PAYOUT_STUCK_AFTER_S")
+    retry.add_argument("--all", action="store_true",
+                       help="every pending payout, however recent")
     commands.add_parser(
         "protocol-schema",
         help="print the websocket protocol's JSON Schema (docs/protocol-v1.schema.json)",
@@ -420,10 +436,36 @@ def run(argv: list[str] | None, environ: dict[str, str] | Any) -> int:
                 data_dir = Path(settings.data_dir).resolve()
                 return asyncio.run(audit_verify(settings, database_url, data_dir,
                                                 repair=args.repair_redis))
+        elif args.command == "payouts":
+            with database(settings) as database_url:
+                return asyncio.run(retry_payouts(settings, database_url, everything=args.all))
     except LivecoreError as exc:
         print(f"livecore: {exc.message}", file=sys.stderr)
         return 1
     return 0
+
+
+async def retry_payouts(settings: Settings, database_url: str, *, everything: bool) -> int:
+    """Resolve stuck payouts once; 0 when none is left pending, 1 otherwise."""
+    if everything:
+        settings = dataclasses.replace(settings, payout_stuck_after_s=0)
+    pool = await postgres.create_pool(database_url, max_size=2)
+    provider = provider_for(settings)
+    try:
+        payouts = Payouts(pool, provider, settings, utc_now)
+        total = {"paid": 0, "failed": 0, "pending": 0}
+        while True:  # RETRY_BATCH at a time, until none is left to try
+            counts = await payouts.retry_stuck()
+            for name, value in counts.items():
+                total[name] += value
+            if sum(counts.values()) < RETRY_BATCH or counts["pending"]:
+                break
+    finally:
+        await provider.close()
+        await pool.close()
+    say(f"Payouts retried: {total['paid']} paid, {total['failed']} failed, "
+        f"{total['pending']} still pending.")
+    return 1 if total["pending"] else 0
 
 
 async def audit_verify(settings: Settings, database_url: str, data_dir: Path, *,

@@ -18,31 +18,36 @@ import datetime as dt
 import io
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from gateway.api import Call, QueryParam, Route, iso_time
+from gateway.api import Call, QueryParam, Route
 from gateway.http import json_response
 from ledger.audit import verify_postgres, verify_projection
 from ledger.reconciler import last_report
 from livecore.accounts import Permission
 from livecore.errors import BadRequest
 from livecore.ids import StreamId, parse_stream_id
-from livecore.pagination import parse_limit
+from livecore.pagination import decode_cursor, encode_cursor, parse_limit
 from livecore.schemas import UUID, Schema
+from livecore.times import iso_time
 
 log = logging.getLogger(__name__)
 
 CSV_BATCH_ROWS = 1000
 #: The last line of an export that failed after it started (then the connection is cut).
 INCOMPLETE_MARKER = "# export incomplete"
-_KINDS = ("wallet", "earnings", "platform", "promotions")
+_KINDS = ("wallet", "earnings", "platform", "promotions", "sales", "debt", "payouts_pending",
+          "payouts_paid")
+_TRANSFER_KINDS = ("gift_batch", "grant", "purchase", "reversal", "reinstatement",
+                   "debt_settlement", "payout_reserve", "payout_post", "payout_void")
 
 _JOURNAL_SELECT = """
     SELECT e.id, e.transfer_id, t.kind AS transfer_kind, t.created_at, t.memo,
            a.kind AS account_kind, a.owner_id, e.amount, e.gift_id,
-           g.stream_id, g.creator_id, g.sender_id, g.gift_slug
+           g.stream_id, g.creator_id, g.sender_id, g.gift_slug, t.purchase_id, t.payout_id
     FROM ledger_entries e
     JOIN ledger_transfers t ON t.id = e.transfer_id
     JOIN ledger_accounts a ON a.id = e.account_id
@@ -59,19 +64,20 @@ _JOURNAL_SELECT = """
 """
 _COLUMNS = ("entry_id", "transfer_id", "transfer_kind", "created_at", "account_kind",
             "owner_id", "amount", "gift_id", "stream_id", "creator_id", "sender_id", "gift",
-            "memo")
+            "purchase_id", "payout_id", "memo")
 
 ENTRY: Schema = {
     "type": "object",
     "properties": {
         "entry_id": {"type": "integer"}, "transfer_id": UUID,
-        "transfer_kind": {"enum": ["gift_batch", "grant"]},
+        "transfer_kind": {"enum": list(_TRANSFER_KINDS)},
         "created_at": {"type": "string", "format": "date-time"},
         "account_kind": {"enum": list(_KINDS)},
         "owner_id": {"type": ["string", "null"]}, "amount": {"type": "integer"},
         "gift_id": {"type": ["string", "null"]}, "stream_id": {"type": ["string", "null"]},
         "creator_id": {"type": ["string", "null"]}, "sender_id": {"type": ["string", "null"]},
-        "gift": {"type": ["string", "null"]}, "memo": {"type": "string"},
+        "gift": {"type": ["string", "null"]}, "purchase_id": {"type": ["string", "null"]},
+        "payout_id": {"type": ["string", "null"]}, "memo": {"type": "string"},
     },
     "required": list(_COLUMNS),
 }
@@ -160,7 +166,9 @@ def _entry(row: Any) -> dict[str, Any]:
             "account_kind": row["account_kind"], "owner_id": text(row["owner_id"]),
             "amount": row["amount"], "gift_id": text(row["gift_id"]),
             "stream_id": text(row["stream_id"]), "creator_id": text(row["creator_id"]),
-            "sender_id": text(row["sender_id"]), "gift": row["gift_slug"], "memo": row["memo"]}
+            "sender_id": text(row["sender_id"]), "gift": row["gift_slug"],
+            "purchase_id": text(row["purchase_id"]), "payout_id": text(row["payout_id"]),
+            "memo": row["memo"]}
 
 
 async def journal(call: Call) -> web.StreamResponse:
@@ -189,7 +197,15 @@ def _csv_cell(value: Any) -> Any:
 
 
 async def journal_csv(call: Call) -> web.StreamResponse:
-    """The filtered journal as CSV, streamed from a server-side cursor.
+    """The filtered journal as CSV, streamed from a server-side cursor."""
+    return await stream_csv(call, _JOURNAL_SELECT, [*_filters(call), None], _COLUMNS, _entry,
+                            "livecore-journal.csv")
+
+
+async def stream_csv(call: Call, query: str, args: list[Any], columns: tuple[str, ...],
+                     to_json: Callable[[Any], dict[str, Any]],
+                     filename: str) -> web.StreamResponse:
+    """Rows of ``query`` as CSV, streamed from a server-side cursor.
 
     A failure after the 200 and the first rows are sent (the database connection lost, say)
     cannot change the status any more. So the export then ends with a last line
@@ -199,24 +215,22 @@ async def journal_csv(call: Call) -> web.StreamResponse:
     browsers' fetch rejects, Python clients raise), so a partial export never passes for a
     whole one.
     """
-    filters = _filters(call)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": 'attachment; filename="livecore-journal.csv"',
+        "Content-Disposition": f'attachment; filename="{filename}"',
         "Cache-Control": "no-store",
     })
     response.enable_chunked_encoding()
     await response.prepare(call.request)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(_COLUMNS)
+    writer.writerow(columns)
     count = 0
     try:
         async with call.services.pool.acquire() as conn, conn.transaction():
-            async for row in conn.cursor(_JOURNAL_SELECT, *filters, None,
-                                         prefetch=CSV_BATCH_ROWS):
-                entry = _entry(row)
-                writer.writerow([_csv_cell(entry[c]) for c in _COLUMNS])
+            async for row in conn.cursor(query, *args, prefetch=CSV_BATCH_ROWS):
+                record = to_json(row)
+                writer.writerow([_csv_cell(record[c]) for c in columns])
                 count += 1
                 if count % CSV_BATCH_ROWS == 0:
                     await response.write(buffer.getvalue().encode())
@@ -226,8 +240,8 @@ async def journal_csv(call: Call) -> web.StreamResponse:
         transport = call.request.transport
         if transport is None or transport.is_closing():
             raise  # the client went away: nobody to tell
-        log.error("journal export failed mid-stream", extra={"rows": count,
-                                                             "error": repr(exc)})
+        log.error("export failed mid-stream", extra={"rows": count, "export": filename,
+                                                     "error": repr(exc)})
         buffer.write(f"{INCOMPLETE_MARKER}: failed after {count} rows; retry the export\r\n")
         with contextlib.suppress(ConnectionError):
             await response.write(buffer.getvalue().encode())
@@ -300,8 +314,155 @@ async def reconciliation(call: Call) -> web.StreamResponse:
     })
 
 
+# -- money in and out ----------------------------------------------------------------------
+
+#: What finance sees of a purchase (the status as shown to its buyer: see
+#: ledger.payments.Purchase.shown_status, which this CASE follows; a test keeps them in step).
+_PURCHASE_STATUS_SQL = (
+    "CASE WHEN p.status <> 'paid' THEN p.status"
+    " WHEN p.dispute_status IN ('open', 'lost') THEN 'disputed'"
+    " WHEN p.refunded_minor >= p.amount_minor THEN 'refunded'"
+    " WHEN p.refunded_minor > 0 THEN 'partially_refunded' ELSE 'paid' END")
+_PURCHASE_STATUSES = ("pending", "paid", "failed", "refunded", "partially_refunded", "disputed")
+_PURCHASES_SELECT = f"""
+    SELECT p.*, u.username, {_PURCHASE_STATUS_SQL} AS shown_status
+    FROM purchases p JOIN users u ON u.id = p.user_id
+    WHERE ($1::text IS NULL OR {_PURCHASE_STATUS_SQL} = $1)
+      AND ($2::uuid IS NULL OR p.user_id = $2)
+      AND ($3::timestamptz IS NULL OR p.created_at >= $3)
+      AND ($4::timestamptz IS NULL OR p.created_at < $4)
+      AND ($5::timestamptz IS NULL OR (p.created_at, p.id) < ($5, $6::uuid))
+    ORDER BY p.created_at DESC, p.id DESC
+"""
+_PURCHASE_COLUMNS = ("purchase_id", "created_at", "user_id", "username", "status", "package",
+                     "coins", "coins_reversed", "amount_minor", "currency", "method",
+                     "payment_intent_id", "checkout_id", "paid_at", "refunded_minor",
+                     "dispute_id", "dispute_status", "failure")
+_PAYOUT_STATUSES = ("pending", "paid", "failed")
+_PAYOUTS_SELECT = """
+    SELECT p.*, u.username FROM payouts p JOIN users u ON u.id = p.creator_id
+    WHERE ($1::text IS NULL OR p.status = $1)
+      AND ($2::uuid IS NULL OR p.creator_id = $2)
+      AND ($3::timestamptz IS NULL OR p.created_at >= $3)
+      AND ($4::timestamptz IS NULL OR p.created_at < $4)
+      AND ($5::timestamptz IS NULL OR (p.created_at, p.id) < ($5, $6::uuid))
+    ORDER BY p.created_at DESC, p.id DESC
+"""
+_PAYOUT_COLUMNS = ("payout_id", "created_at", "creator_id", "username", "status", "diamonds",
+                   "amount_minor", "currency", "destination", "transfer_id", "failure",
+                   "attempts", "resolved_at")
+
+
+def _purchase_row(row: Any) -> dict[str, Any]:
+    return {"purchase_id": str(row["id"]), "created_at": iso_time(row["created_at"]),
+            "user_id": str(row["user_id"]), "username": row["username"],
+            "status": row["shown_status"], "package": row["package_slug"],
+            "coins": row["coins"], "coins_reversed": row["coins_reversed"],
+            "amount_minor": row["amount_minor"], "currency": row["currency"],
+            "method": row["method"], "payment_intent_id": row["payment_intent_id"],
+            "checkout_id": row["checkout_id"], "paid_at": iso_time(row["paid_at"]),
+            "refunded_minor": row["refunded_minor"], "dispute_id": row["dispute_id"],
+            "dispute_status": row["dispute_status"], "failure": row["failure"]}
+
+
+def _payout_row(row: Any) -> dict[str, Any]:
+    return {"payout_id": str(row["id"]), "created_at": iso_time(row["created_at"]),
+            "creator_id": str(row["creator_id"]), "username": row["username"],
+            "status": row["status"], "diamonds": row["diamonds"],
+            "amount_minor": row["amount_minor"], "currency": row["currency"],
+            "destination": row["destination"], "transfer_id": row["transfer_id"],
+            "failure": row["failure"], "attempts": row["attempts"],
+            "resolved_at": iso_time(row["resolved_at"])}
+
+
+def _money_filters(call: Call, statuses: tuple[str, ...], owner: str) -> list[Any]:
+    query = call.request.query
+    status = query.get("status") or None
+    if status is not None and status not in statuses:
+        raise BadRequest(f"status is one of {', '.join(statuses)}.", code="invalid_filter")
+    return [status, _optional_uuid(query, owner), _optional_time(query, "since"),
+            _optional_time(query, "until")]
+
+
+async def _money_page(call: Call, query: str, filters: list[Any],
+                      to_json: Callable[[Any], dict[str, Any]], name: str
+                      ) -> web.StreamResponse:
+    limit = parse_limit(call.request.query.get("limit"))
+    cursor = call.request.query.get("cursor")
+    before: tuple[Any, Any] = decode_cursor(cursor) if cursor else (None, None)
+    rows = await call.services.pool.fetch(query + " LIMIT $7", *filters, *before, limit)
+    last = rows[-1] if len(rows) == limit else None
+    return json_response({name: [to_json(r) for r in rows],
+                          "next_cursor": encode_cursor(last["created_at"], last["id"])
+                          if last else None})
+
+
+async def purchases(call: Call) -> web.StreamResponse:
+    filters = _money_filters(call, _PURCHASE_STATUSES, "user_id")
+    return await _money_page(call, _PURCHASES_SELECT, filters, _purchase_row, "purchases")
+
+
+async def purchases_csv(call: Call) -> web.StreamResponse:
+    filters = _money_filters(call, _PURCHASE_STATUSES, "user_id")
+    return await stream_csv(call, _PURCHASES_SELECT, [*filters, None, None], _PURCHASE_COLUMNS,
+                            _purchase_row, "livecore-purchases.csv")
+
+
+async def payouts(call: Call) -> web.StreamResponse:
+    filters = _money_filters(call, _PAYOUT_STATUSES, "creator_id")
+    return await _money_page(call, _PAYOUTS_SELECT, filters, _payout_row, "payouts")
+
+
+async def payouts_csv(call: Call) -> web.StreamResponse:
+    filters = _money_filters(call, _PAYOUT_STATUSES, "creator_id")
+    return await stream_csv(call, _PAYOUTS_SELECT, [*filters, None, None], _PAYOUT_COLUMNS,
+                            _payout_row, "livecore-payouts.csv")
+
+
+async def debts(call: Call) -> web.StreamResponse:
+    rows = await call.services.pool.fetch(
+        "SELECT a.owner_id, u.username, -a.balance AS owed, u.created_at FROM ledger_accounts a"
+        " JOIN users u ON u.id = a.owner_id WHERE a.kind = 'debt' AND a.balance < 0"
+        " ORDER BY a.balance, a.owner_id LIMIT 500")
+    total = await call.services.pool.fetchrow(
+        "SELECT coalesce(-sum(balance), 0) AS owed, count(*) FILTER (WHERE balance < 0) AS n"
+        " FROM ledger_accounts WHERE kind = 'debt'")
+    return json_response({
+        "debts": [{"user_id": str(r["owner_id"]), "username": r["username"],
+                   "owed_coins": int(r["owed"])} for r in rows],
+        "total_owed_coins": int(total["owed"]), "debtors": int(total["n"])})
+
+
+def _page_schema(name: str, columns: tuple[str, ...]) -> Schema:
+    item = {"type": "object", "properties": {c: {} for c in columns}, "required": list(columns)}
+    return {"type": "object",
+            "properties": {name: {"type": "array", "items": item},
+                           "next_cursor": {"type": ["string", "null"]}},
+            "required": [name, "next_cursor"]}
+
+
+PURCHASES = _page_schema("purchases", _PURCHASE_COLUMNS)
+PAYOUTS = _page_schema("payouts", _PAYOUT_COLUMNS)
+DEBTS: Schema = {
+    "type": "object",
+    "properties": {"debts": {"type": "array", "items": {
+        "type": "object", "properties": {"user_id": UUID, "username": {"type": "string"},
+                                         "owed_coins": {"type": "integer"}},
+        "required": ["user_id", "username", "owed_coins"]}},
+        "total_owed_coins": {"type": "integer"},
+        "debtors": {"type": "integer", "description": "Everyone who owes (the list stops at "
+                                                      "the 500 largest)."}},
+    "required": ["debts", "total_owed_coins", "debtors"],
+}
+_WHEN = (QueryParam("since", "From this time (ISO 8601), inclusive."),
+         QueryParam("until", "Until this time (ISO 8601), exclusive."))
+_PURCHASE_FILTERS = (QueryParam("status", ", ".join(_PURCHASE_STATUSES) + "."),
+                     QueryParam("user_id", "One buyer's purchases.", UUID), *_WHEN)
+_PAYOUT_FILTERS = (QueryParam("status", ", ".join(_PAYOUT_STATUSES) + "."),
+                   QueryParam("creator_id", "One creator's payouts.", UUID), *_WHEN)
+
 _FILTERS = (
-    QueryParam("account_kind", "wallet, earnings, platform or promotions."),
+    QueryParam("account_kind", ", ".join(_KINDS) + "."),
     QueryParam("owner_id", "Entries of this user's accounts.", UUID),
     QueryParam("stream_id", "Entries of the gift batches that hold this stream's gifts.", UUID),
     QueryParam("creator_id", "Entries of the gift batches that hold this creator's gifts.", UUID),
@@ -320,7 +481,7 @@ FINANCE_ROUTES: tuple[Route, ...] = (
           response={"type": "string"}, query=_FILTERS, errors=(400, 403)),
     Route("GET", "/api/v1/finance/balances", balances, "Account balances and totals by kind.",
           Permission.FINANCE_READ, "finance", response=BALANCES,
-          query=(QueryParam("account_kind", "wallet, earnings, platform or promotions."),
+          query=(QueryParam("account_kind", ", ".join(_KINDS) + "."),
                  *_PAGE), errors=(400, 403)),
     Route("GET", "/api/v1/finance/streams/{stream_id}/statement", statement,
           "A stream's settlement: gross coins, creator share, platform cut, per minute.",
@@ -329,4 +490,20 @@ FINANCE_ROUTES: tuple[Route, ...] = (
           "Every ledger invariant, Redis against PostgreSQL for live streams, and the worker's "
           "last reconciliation pass.",
           Permission.FINANCE_READ, "finance", response=RECONCILIATION, errors=(403,)),
+    Route("GET", "/api/v1/finance/purchases", purchases,
+          "Coin purchases, newest first, with their refunds and disputes.",
+          Permission.FINANCE_READ, "finance", response=PURCHASES,
+          query=_PURCHASE_FILTERS + _PAGE, errors=(400, 403)),
+    Route("GET", "/api/v1/finance/purchases.csv", purchases_csv,
+          "The filtered purchases as CSV (streamed).", Permission.FINANCE_READ, "finance",
+          response={"type": "string"}, query=_PURCHASE_FILTERS, errors=(400, 403)),
+    Route("GET", "/api/v1/finance/payouts", payouts, "Creator payouts, newest first.",
+          Permission.FINANCE_READ, "finance", response=PAYOUTS,
+          query=_PAYOUT_FILTERS + _PAGE, errors=(400, 403)),
+    Route("GET", "/api/v1/finance/payouts.csv", payouts_csv,
+          "The filtered payouts as CSV (streamed).", Permission.FINANCE_READ, "finance",
+          response={"type": "string"}, query=_PAYOUT_FILTERS, errors=(400, 403)),
+    Route("GET", "/api/v1/finance/debts", debts,
+          "Viewers who owe coins after a refund or chargeback (the 500 largest), and the total.",
+          Permission.FINANCE_READ, "finance", response=DEBTS, errors=(403,)),
 )

@@ -3,12 +3,11 @@ live goals."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from aiohttp import web
 
-from gateway.api import Call, QueryParam, Route, iso_time, owned_or_moderated
+from gateway.api import Call, QueryParam, Route, owned_or_moderated
 from gateway.gifts import GiftRequest, gift_json, parse_gift_id
 from gateway.http import json_response
 from ledger.batcher import grant
@@ -24,8 +23,9 @@ from livecore.economy import (
     week_from_label,
 )
 from livecore.errors import BadRequest, ValidationFailed
-from livecore.ids import StreamId, parse_user_id
+from livecore.ids import StreamId, parse_user_id, parse_uuid_field
 from livecore.schemas import UUID, Schema
+from livecore.times import iso_time
 
 MAX_GRANT_COINS = 1_000_000
 
@@ -77,8 +77,12 @@ GIFT_RESULT: Schema = {
 }
 WALLET: Schema = {
     "type": "object",
-    "properties": {"coins": {"type": "integer"}, "diamonds": {"type": "integer"}},
-    "required": ["coins", "diamonds"],
+    "properties": {
+        "coins": {"type": "integer"}, "diamonds": {"type": "integer"},
+        "debt_coins": {"type": "integer", "description": "Coins you owe after a refund or "
+                       "chargeback of coins already spent; gifts wait until it is paid."},
+    },
+    "required": ["coins", "diamonds", "debt_coins"],
 }
 GRANT_BODY: Schema = {
     "type": "object",
@@ -105,14 +109,6 @@ def _type_json(gift: GiftType) -> dict[str, Any]:
             "is_active": gift.is_active}
 
 
-def _uuid(raw: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ValidationFailed(f"{field} must be a UUID.", code="invalid_field",
-                               field=field) from None
-
-
 async def get_catalogue(call: Call) -> web.StreamResponse:
     catalogue = await call.services.gifts.catalogue()
     return json_response({"gifts": [_type_json(g) for g in catalogue.values() if g.is_active]})
@@ -128,7 +124,7 @@ async def put_gift_type(call: Call) -> web.StreamResponse:
 
 async def send_gift(call: Call) -> web.StreamResponse:
     request = GiftRequest(parse_gift_id(call.body["gift_id"]),
-                          StreamId(_uuid(call.body["stream_id"], "stream_id")),
+                          StreamId(parse_uuid_field(call.body["stream_id"], "stream_id")),
                           call.body["gift"], call.body.get("quantity", 1))
     outcome, combo = await call.services.gifts.send(call.account, request)
     catalogue = await call.services.gifts.catalogue()
@@ -139,7 +135,7 @@ async def send_gift(call: Call) -> web.StreamResponse:
 
 async def stream_board(call: Call) -> web.StreamResponse:
     stream = await call.services.streams.get(
-        StreamId(_uuid(call.request.match_info["stream_id"], "stream_id")))
+        StreamId(parse_uuid_field(call.request.match_info["stream_id"], "stream_id")))
     totals = await call.services.gifts.projection.totals(stream.id, top=10)
     return json_response({"stream_id": str(stream.id), "coins": totals.coins,
                           "gifts": totals.gifts,
@@ -173,7 +169,7 @@ def _goal_json(stream_id: StreamId, goal: Goal, set_at: Any) -> dict[str, Any]:
 
 async def get_goal(call: Call) -> web.StreamResponse:
     stream = await call.services.streams.get(
-        StreamId(_uuid(call.request.match_info["stream_id"], "stream_id")))
+        StreamId(parse_uuid_field(call.request.match_info["stream_id"], "stream_id")))
     goal, set_at = await call.services.gifts.goal(stream.id)
     return json_response(_goal_json(stream.id, goal, set_at))
 
@@ -197,7 +193,7 @@ async def my_wallet(call: Call) -> web.StreamResponse:
 
 
 async def post_grant(call: Call) -> web.StreamResponse:
-    grant_id = _uuid(call.body["grant_id"], "grant_id")
+    grant_id = parse_uuid_field(call.body["grant_id"], "grant_id")
     user = await call.services.accounts.get(parse_user_id(call.body["user_id"]))
     applied = await grant(call.services.pool, grant_id=grant_id, user_id=user.id,
                           coins=call.body["coins"], memo=call.body.get("memo", ""),
@@ -260,7 +256,7 @@ GIFT_ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/gifts", send_gift,
           "Send a gift to a live stream; 201 when new, 200 when replaying a retry.", "user",
           "gifts", body=SEND_GIFT, response=GIFT_RESULT, status=201,
-          errors=(402, 404, 409, 422)),
+          errors=(402, 403, 404, 409, 422)),
     Route("GET", "/api/v1/streams/{stream_id}/leaderboard", stream_board,
           "The stream's gift totals and top gifters (live projection).", "public", "gifts",
           response=BOARD, errors=(404,)),
@@ -281,8 +277,8 @@ GIFT_ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/streams/{stream_id}/goal", delete_goal,
           "Remove the stream's goal (owner).", "user", "gifts", status=204,
           errors=(403, 404)),
-    Route("GET", "/api/v1/me/wallet", my_wallet, "Your coins and diamonds.", "user", "gifts",
-          response=WALLET),
+    Route("GET", "/api/v1/me/wallet", my_wallet, "Your coins, diamonds and any debt.", "user",
+          "gifts", response=WALLET),
     Route("POST", "/api/v1/admin/grants", post_grant,
           "Grant promotional coins (admins); idempotent by grant_id.",
           Permission.ECONOMY_MANAGE, "gifts", body=GRANT_BODY, response=GRANT_RESULT,

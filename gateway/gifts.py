@@ -49,7 +49,7 @@ from ledger.projection import (
     RedisProjection,
     postgres_goal,
 )
-from livecore.accounts import Account
+from livecore.accounts import Account, is_adult
 from livecore.economy import (
     DEFAULT_CATALOGUE,
     ROOM_BOARD_TOP,
@@ -59,7 +59,7 @@ from livecore.economy import (
     price_of,
     split,
 )
-from livecore.errors import Conflict, NotFound, ValidationFailed
+from livecore.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from livecore.ids import StreamId
 from livecore.streams import Stream, StreamState
 
@@ -290,6 +290,8 @@ class GiftService:
         """Price, commit, count in Redis, answer; the room's events follow (in commit order).
 
         Returns the outcome and the combo count."""
+        if not is_adult(sender.birthdate, self.services.clock().date()):
+            raise Forbidden("Sending gifts needs an adult account (18+).", code="not_adult")
         catalogue = await self.catalogue()
         gift = catalogue.get(request.slug)
         if gift is None:
@@ -519,7 +521,8 @@ class GiftService:
         rows = await self.services.pool.fetch(
             "SELECT kind, balance FROM ledger_accounts WHERE owner_id = $1", user_id)
         balances = {r["kind"]: int(r["balance"]) for r in rows}
-        return {"coins": balances.get("wallet", 0), "diamonds": balances.get("earnings", 0)}
+        return {"coins": balances.get("wallet", 0), "diamonds": balances.get("earnings", 0),
+                "debt_coins": -balances.get("debt", 0)}
 
 
 def parse_gift_id(raw: str) -> uuid.UUID:

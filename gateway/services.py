@@ -14,7 +14,10 @@ from gateway.auth import LoginThrottle
 from gateway.gifts import GiftService
 from gateway.roombus import RoomBus
 from gateway.store import PostgresAccounts, PostgresChat, PostgresStreams
+from ledger.payments import Purchases
+from ledger.payouts import Payouts
 from ledger.postgres import create_pool
+from ledger.providers import PaymentProvider, provider_for
 from livecore.errors import ServiceUnavailable
 from livecore.settings import Settings
 
@@ -58,6 +61,9 @@ class Services:
     throttle: LoginThrottle = field(init=False)
     bus: RoomBus = field(init=False)
     gifts: GiftService = field(init=False)
+    provider: PaymentProvider = field(init=False)
+    purchases: Purchases = field(init=False)
+    payouts: Payouts = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = PostgresAccounts(self.pool)
@@ -65,6 +71,9 @@ class Services:
         self.chat = PostgresChat(self.pool)
         self.bus = RoomBus(self.redis, self.settings.redis_prefix)
         self.gifts = GiftService(self)
+        self.provider = provider_for(self.settings)
+        self.purchases = Purchases(self.pool, self.provider, self.settings, self.clock)
+        self.payouts = Payouts(self.pool, self.provider, self.settings, self.clock)
         self.throttle = LoginThrottle(
             self.redis,
             prefix=self.settings.redis_prefix,
@@ -88,5 +97,6 @@ class Services:
         return cls(settings=settings, pool=pool, redis=client)
 
     async def close(self) -> None:
+        await self.provider.close()
         await self.redis.aclose()
         await self.pool.close()

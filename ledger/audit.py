@@ -35,9 +35,11 @@ _CHECKS: tuple[tuple[str, str, str], ...] = (
     ("transfers_balance", "every transfer's entries sum to zero",
      "SELECT transfer_id::text AS what FROM ledger_entries GROUP BY transfer_id"
      " HAVING sum(amount) <> 0"),
-    ("no_negative_wallets", "no wallet, earnings or platform balance below zero",
+    ("no_negative_wallets",
+     "no wallet, earnings, platform or payouts balance below zero; no debt above zero",
      "SELECT kind || ' ' || coalesce(owner_id::text, '') || ' = ' || balance AS what"
-     " FROM ledger_accounts WHERE kind IN ('wallet', 'earnings', 'platform') AND balance < 0"),
+     " FROM ledger_accounts WHERE (kind IN ('wallet', 'earnings', 'platform',"
+     " 'payouts_pending', 'payouts_paid') AND balance < 0) OR (kind = 'debt' AND balance > 0)"),
     ("balances_match_entries", "every balance equals the sum of its account's entries",
      "SELECT a.kind || ' ' || coalesce(a.owner_id::text, '') || ': balance ' || a.balance"
      " || ', entries ' || coalesce(e.total, 0) AS what FROM ledger_accounts a"
@@ -76,11 +78,69 @@ _CHECKS: tuple[tuple[str, str, str], ...] = (
      " JOIN (SELECT transfer_id, sum(amount) FILTER (WHERE amount > 0) AS credits"
      " FROM ledger_entries GROUP BY transfer_id) e ON e.transfer_id = t.id"
      " WHERE t.kind = 'gift_batch' AND g.price <> e.credits"),
+    # Money in (docs/payments.md).
+    ("purchases_credited_once",
+     "each purchase is credited once if paid, never otherwise, and only purchases are",
+     "SELECT coalesce(p.id, t.purchase_id)::text || ': ' || coalesce(p.status, 'no purchase')"
+     " || ', ' || coalesce(t.n, 0) || ' credit(s)' AS what FROM purchases p"
+     " FULL JOIN (SELECT purchase_id, count(*) AS n FROM ledger_transfers"
+     " WHERE kind = 'purchase' GROUP BY purchase_id) t ON t.purchase_id = p.id"
+     " WHERE p.id IS NULL OR coalesce(t.n, 0) <> CASE WHEN p.status = 'paid' THEN 1 ELSE 0 END"),
+    ("purchase_coins_match",
+     "each purchase's transfers move its coins less those reversed, and the reversals match "
+     "its refunds and disputes",
+     "SELECT p.id::text || ': sales moved ' || coalesce(-m.moved, 0) || ', expected '"
+     " || (p.coins - p.coins_reversed) AS what FROM purchases p"
+     " LEFT JOIN (SELECT t.purchase_id, sum(e.amount) AS moved FROM ledger_transfers t"
+     " JOIN ledger_entries e ON e.transfer_id = t.id JOIN ledger_accounts a"
+     " ON a.id = e.account_id AND a.kind = 'sales' WHERE t.purchase_id IS NOT NULL"
+     " GROUP BY t.purchase_id) m ON m.purchase_id = p.id"
+     " WHERE coalesce(-m.moved, 0) <> CASE WHEN p.status = 'paid'"
+     " THEN p.coins - p.coins_reversed ELSE 0 END"
+     " OR p.coins_reversed <> CASE WHEN p.status <> 'paid' THEN 0 ELSE"
+     " (p.coins::bigint * least(p.amount_minor, p.refunded_minor + CASE WHEN p.dispute_status"
+     " IN ('open', 'lost') THEN p.dispute_minor ELSE 0 END) + p.amount_minor - 1)"
+     " / p.amount_minor END"),
+    ("coins_sold_match_purchases",
+     "coins sold (minus the sales balance) = coins of paid purchases minus their reversals",
+     "SELECT 'sales ' || -s.balance || ', purchases ' || p.net AS what"
+     " FROM (SELECT balance FROM ledger_accounts WHERE kind = 'sales') s,"
+     " (SELECT coalesce(sum(coins - coins_reversed), 0) AS net FROM purchases"
+     " WHERE status = 'paid') p WHERE -s.balance <> p.net"),
+    # Money out.
+    ("earnings_add_up",
+     "for every creator, diamonds earned from gifts = available + pending + paid out",
+     "WITH earned AS (SELECT creator_id AS id, sum(creator_share) AS diamonds FROM gifts"
+     " GROUP BY creator_id),"
+     " held AS (SELECT owner_id AS id, balance FROM ledger_accounts WHERE kind = 'earnings'),"
+     " out AS (SELECT creator_id AS id, sum(diamonds) AS diamonds FROM payouts"
+     " WHERE status IN ('pending', 'paid') GROUP BY creator_id)"
+     " SELECT id::text || ': earned ' || coalesce(earned.diamonds, 0) || ', available '"
+     " || coalesce(held.balance, 0) || ', paid or pending ' || coalesce(out.diamonds, 0) AS what"
+     " FROM earned FULL JOIN held USING (id) FULL JOIN out USING (id)"
+     " WHERE coalesce(earned.diamonds, 0)"
+     " <> coalesce(held.balance, 0) + coalesce(out.diamonds, 0)"),
+    ("payout_accounts_match",
+     "the pending and paid payout accounts hold exactly the pending and paid payouts",
+     "SELECT a.kind || ' ' || a.balance || ', payouts ' || coalesce(p.diamonds, 0) AS what"
+     " FROM ledger_accounts a LEFT JOIN (SELECT 'payouts_' || status AS kind,"
+     " sum(diamonds) AS diamonds FROM payouts GROUP BY status) p ON p.kind = a.kind"
+     " WHERE a.kind IN ('payouts_pending', 'payouts_paid')"
+     " AND a.balance <> coalesce(p.diamonds, 0)"),
+    ("payouts_two_phase",
+     "each payout is reserved once, then posted once if paid or voided once if failed",
+     "SELECT p.id::text || ' ' || p.status || ': ' || coalesce(t.kinds, 'no transfers') AS what"
+     " FROM payouts p LEFT JOIN (SELECT payout_id, string_agg(kind, ',' ORDER BY kind) AS kinds"
+     " FROM ledger_transfers WHERE payout_id IS NOT NULL GROUP BY payout_id) t"
+     " ON t.payout_id = p.id WHERE coalesce(t.kinds, '') <> CASE p.status"
+     " WHEN 'pending' THEN 'payout_reserve' WHEN 'paid' THEN 'payout_post,payout_reserve'"
+     " ELSE 'payout_reserve,payout_void' END"),
 )
 
 
 #: The tables the checks read; their planner statistics are refreshed first.
-_TABLES = ("ledger_accounts", "ledger_transfers", "ledger_entries", "gifts", "streams")
+_TABLES = ("ledger_accounts", "ledger_transfers", "ledger_entries", "gifts", "streams",
+           "purchases", "payouts")
 
 
 async def verify_postgres(pool: Any, *, analyze: bool = True) -> list[CheckResult]:

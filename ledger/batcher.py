@@ -79,6 +79,14 @@ class InsufficientCoins(ClientError):
     default_code = "insufficient_coins"
 
 
+class WalletInDebt(ClientError):
+    """The sender owes coins (a refund or lost dispute took back coins already spent): no gift
+    until the debt is paid, which their next purchase does first."""
+
+    status = 402
+    default_code = "wallet_in_debt"
+
+
 class StreamNotLive(Conflict):
     """The gift's stream was not live when its batch was committed (it ended, say, after the
     gateway looked it up); nothing was spent."""
@@ -323,7 +331,7 @@ class GiftBatcher:
                 states = await self._stream_states(conn, fresh)
                 closed = {o.gift_id for o in fresh if states.get(o.stream_id) != "live"}
                 fresh = [o for o in fresh if o.gift_id not in closed]
-                accepted, refused, wallets = await self._fund(conn, fresh)
+                accepted, refused, wallets, indebted = await self._fund(conn, fresh)
                 claimed: set[uuid.UUID] = set()
                 if accepted:
                     claimed = await self._post(conn, accepted, wallets, earnings, platform,
@@ -342,7 +350,7 @@ class GiftBatcher:
             if order.gift_id in claimed:
                 outcomes[order.gift_id] = GiftOutcome(order, now, True)
         unresolved = ({o.gift_id for o in orders} - set(outcomes) - set(stored) - refused
-                      - closed)
+                      - closed - indebted)
         if unresolved:  # claimed by another batch meanwhile: read what it stored
             async with self._pool.acquire() as conn:
                 for row in await conn.fetch(
@@ -362,6 +370,10 @@ class GiftBatcher:
             elif order.gift_id in stored:
                 row = stored[order.gift_id]
                 results.append(self._replay(order, _order(row), row["created_at"]))
+            elif order.gift_id in indebted:
+                results.append(WalletInDebt(
+                    "You owe coins after a refund or chargeback; buy coins to settle it "
+                    "before sending gifts. Nothing was spent.", gift_id=str(order.gift_id)))
             elif order.gift_id in closed:
                 results.append(StreamNotLive(
                     "Gifts go to live streams only.",
@@ -394,14 +406,15 @@ class GiftBatcher:
         return {row["id"]: row["state"] for row in rows}
 
     @staticmethod
-    async def _fund(conn: Any, orders: list[GiftOrder]
-                    ) -> tuple[list[GiftOrder], set[uuid.UUID], dict[uuid.UUID, int]]:
+    async def _fund(conn: Any, orders: list[GiftOrder]) -> tuple[
+            list[GiftOrder], set[uuid.UUID], dict[uuid.UUID, int], set[uuid.UUID]]:
         """Lock the senders' wallets and decide, in arrival order, which gifts they afford.
 
-        Returns the accepted orders, the refused ids and each sender's wallet account id.
+        Returns the accepted orders, the ids refused for want of coins, each sender's wallet
+        account id, and the ids refused because their sender owes coins.
         """
         if not orders:
-            return [], set(), {}
+            return [], set(), {}, set()
         senders = sorted({o.sender_id for o in orders})
         rows = await conn.fetch(
             """
@@ -413,15 +426,25 @@ class GiftBatcher:
         )
         balance = {row["owner_id"]: row["balance"] for row in rows}
         wallets = {row["owner_id"]: row["id"] for row in rows}
-        accepted, refused = [], set()
+        # Senders in debt (a refund or lost dispute took back coins they had spent) give
+        # nothing until it is paid. Read after the wallets are locked, in a statement (and so
+        # a snapshot) of its own: a reversal that wrote the debt holds the wallet's lock
+        # until it commits, so it is seen here.
+        in_debt = {row["owner_id"] for row in await conn.fetch(
+            "SELECT owner_id FROM ledger_accounts WHERE kind = 'debt'"
+            " AND owner_id = ANY($1::uuid[]) AND balance < 0", senders)} if rows else set()
+        accepted, refused, indebted = [], set(), set()
         for order in orders:
+            if order.sender_id in in_debt:
+                indebted.add(order.gift_id)
+                continue
             available = balance.get(order.sender_id, 0)
             if available >= order.price:
                 balance[order.sender_id] = available - order.price
                 accepted.append(order)
             else:
                 refused.add(order.gift_id)
-        return accepted, refused, wallets
+        return accepted, refused, wallets, indebted
 
     @staticmethod
     async def _post(conn: Any, orders: list[GiftOrder], wallets: dict[uuid.UUID, int],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import NewType
 
-from livecore.errors import NotFound
+from livecore.errors import NotFound, ValidationFailed
 
 UserId = NewType("UserId", uuid.UUID)
 StreamId = NewType("StreamId", uuid.UUID)
@@ -42,3 +42,12 @@ def parse_stream_id(text: str) -> StreamId:
 
 def parse_token_id(text: str) -> TokenId:
     return TokenId(parse_uuid(text, what="token"))
+
+
+def parse_uuid_field(text: str, field: str) -> uuid.UUID:
+    """Parse an id given in a request body: a malformed one is a 422 naming the field."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ValidationFailed(f"{field} must be a UUID.", code="invalid_field",
+                               field=field) from None

@@ -231,6 +231,94 @@ class Settings:
         ),
     )
 
+    stripe_secret_key: Secret | None = field(
+        default=None,
+        metadata=_env(
+            "LIVECORE_STRIPE_SECRET_KEY",
+            "Stripe secret key (sk_live_... or sk_test_...); unset: test-payments mode, no "
+            "real money (docs/payments.md).",
+        ),
+    )
+    stripe_publishable_key: str | None = field(
+        default=None,
+        metadata=_env(
+            "LIVECORE_STRIPE_PUBLISHABLE_KEY",
+            "Stripe publishable key (pk_...), handed to clients with a PaymentIntent.",
+        ),
+    )
+    stripe_webhook_secret: Secret | None = field(
+        default=None,
+        metadata=_env(
+            "LIVECORE_STRIPE_WEBHOOK_SECRET",
+            "Signing secret (whsec_...) of the Stripe webhook endpoint; unset: webhooks "
+            "answer 503.",
+        ),
+    )
+    stripe_webhook_tolerance_s: int = field(
+        default=300,
+        metadata=_env(
+            "LIVECORE_STRIPE_WEBHOOK_TOLERANCE_S",
+            "Oldest webhook signature timestamp accepted, in seconds.",
+        ),
+    )
+    stripe_api_base: str | None = field(
+        default=None,
+        metadata=_env(
+            "LIVECORE_STRIPE_API_BASE",
+            "Base URL of the Stripe API (unset: Stripe's own); for a local fake in tests.",
+        ),
+    )
+    daily_spend_cap_minor: int = field(
+        default=50_000,
+        metadata=_env(
+            "LIVECORE_DAILY_SPEND_CAP_MINOR",
+            "Most a viewer may spend on coins in 24 hours, in minor units (cents); each "
+            "viewer can set a lower cap of their own.",
+        ),
+    )
+    spend_burst_purchases: int = field(
+        default=5,
+        metadata=_env(
+            "LIVECORE_SPEND_BURST_PURCHASES",
+            "Purchases allowed within LIVECORE_SPEND_BURST_WINDOW_S before a cool-down.",
+        ),
+    )
+    spend_burst_window_s: int = field(
+        default=600,
+        metadata=_env(
+            "LIVECORE_SPEND_BURST_WINDOW_S", "The window of the purchase cool-down, seconds."
+        ),
+    )
+    payout_currency: str = field(
+        default="usd",
+        metadata=_env("LIVECORE_PAYOUT_CURRENCY", "Currency of creator payouts (ISO 4217)."),
+    )
+    payout_minor_per_100_diamonds: int = field(
+        default=50,
+        metadata=_env(
+            "LIVECORE_PAYOUT_MINOR_PER_100_DIAMONDS",
+            "What 100 diamonds are worth in minor units of the payout currency.",
+        ),
+    )
+    payout_min_diamonds: int = field(
+        default=1000,
+        metadata=_env("LIVECORE_PAYOUT_MIN_DIAMONDS", "The smallest payout, in diamonds."),
+    )
+    payout_retry_interval_s: int = field(
+        default=60,
+        metadata=_env(
+            "LIVECORE_PAYOUT_RETRY_INTERVAL_S",
+            "How often `livecore worker` looks for payouts stuck in pending.",
+        ),
+    )
+    payout_stuck_after_s: int = field(
+        default=60,
+        metadata=_env(
+            "LIVECORE_PAYOUT_STUCK_AFTER_S",
+            "A payout pending for this long is retried by the worker.",
+        ),
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Cast the variables that are set; every problem is reported at once."""
@@ -271,6 +359,14 @@ class Settings:
             "processes",
             "reconcile_interval_s",
             "media_grace_s",
+            "stripe_webhook_tolerance_s",
+            "daily_spend_cap_minor",
+            "spend_burst_purchases",
+            "spend_burst_window_s",
+            "payout_minor_per_100_diamonds",
+            "payout_min_diamonds",
+            "payout_retry_interval_s",
+            "payout_stuck_after_s",
         )
         for f in dataclasses.fields(self):
             if f.name in positive and getattr(self, f.name) <= 0:
@@ -296,6 +392,10 @@ class Settings:
         ):
             if secret_url is not None and urlsplit(secret_url.reveal()).scheme not in schemes:
                 problems.append(f"URL scheme must be one of {', '.join(sorted(schemes))}")
+        if len(self.payout_currency) != 3 or not self.payout_currency.isalpha():
+            problems.append("LIVECORE_PAYOUT_CURRENCY must be a three-letter ISO 4217 code")
+        if self.stripe_api_base and urlsplit(self.stripe_api_base).scheme not in {"http", "https"}:
+            problems.append("LIVECORE_STRIPE_API_BASE must be an http:// or https:// URL")
         if problems:
             raise SettingsError("Invalid settings: " + "; ".join(problems))
 

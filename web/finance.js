@@ -1,9 +1,12 @@
 // The finance page: reconciliation, balances, a stream's statement (with a per-minute chart
-// drawn as inline SVG) and the ledger journal with a CSV export. For the finance role.
+// drawn as inline SVG), the ledger journal, purchases (with refunds and disputes) and payouts
+// (each with a CSV export), and the viewers in debt. For the finance role.
 // Every text from the server goes through textContent, never innerHTML.
 "use strict";
 
-const KINDS = ["wallet", "earnings", "platform", "promotions"];
+// Every account kind, shown even at 0 (see docs/ledger.md and docs/payments.md).
+const KINDS = ["wallet", "earnings", "platform", "promotions", "sales", "debt",
+  "payouts_pending", "payouts_paid"];
 const JOURNAL_PAGE = 50;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -25,7 +28,9 @@ const csvLink = el("csv-link");
 
 let token = LivecoreSession.read();
 let journalCursor = null;
-let csvUrl = null;
+const csvUrls = new Map(); // CSV link -> the object URL it offers
+let purchasesCursor = null;
+let payoutsCursor = null;
 
 // -- small helpers ----------------------------------------------------------------------------
 
@@ -403,14 +408,15 @@ async function loadJournal({ more = false } = {}) {
   status.textContent = shown ? `Showing the latest ${shown} entries.` : "No entries match.";
 }
 
-async function downloadCsv() {
-  const status = el("journal-status");
-  csvButton.disabled = true;
+// A CSV export, fetched with the token (a plain link could not send it) and handed to the
+// browser as a blob download; `link` stays on the page to save it again. Shared by the
+// journal, purchases and payouts sections.
+async function downloadCsv({ path, filename, button, link, status }) {
+  button.disabled = true;
   status.dataset.state = "";
   status.textContent = "Preparing the CSV…";
   try {
-    const response = await request(`/api/v1/finance/journal.csv?${journalFilters()}`,
-      { accept: "text/csv" });
+    const response = await request(path, { accept: "text/csv" });
     let blob;
     try {
       blob = await response.blob();
@@ -422,19 +428,166 @@ async function downloadCsv() {
         "Try again.";
       return;
     }
-    if (csvUrl) URL.revokeObjectURL(csvUrl);
-    csvUrl = URL.createObjectURL(blob);
-    csvLink.href = csvUrl;
-    csvLink.download = "livecore-journal.csv";
-    csvLink.textContent = `Save the CSV again (${coins(blob.size)} bytes)`;
-    csvLink.hidden = false;
+    const previous = csvUrls.get(link);
+    if (previous) URL.revokeObjectURL(previous);
+    const url = URL.createObjectURL(blob);
+    csvUrls.set(link, url);
+    link.href = url;
+    link.download = filename;
+    link.textContent = `Save the CSV again (${coins(blob.size)} bytes)`;
+    link.hidden = false;
     status.textContent = "The CSV is ready.";
-    csvLink.click();
+    link.click();
   } catch (error) {
     failed(status, error);
   } finally {
-    csvButton.disabled = false;
+    button.disabled = false;
   }
+}
+
+// -- purchases, payouts and debts (docs/payments.md) ------------------------------------------
+
+const PAGE = 50;
+
+function money(minor, currency) {
+  const code = String(currency || "").toUpperCase();
+  try {
+    const format = new Intl.NumberFormat("en-US", { style: "currency", currency: code });
+    return format.format(Number(minor) / 10 ** format.resolvedOptions().maximumFractionDigits);
+  } catch {
+    return `${minor} ${code} (minor units)`;
+  }
+}
+
+function statusFilter(selectId) {
+  const params = new URLSearchParams();
+  const value = el(selectId).value;
+  if (value) params.set("status", value);
+  return params;
+}
+
+function cellsRow(row, cells) {
+  for (const [text, className, full] of cells) {
+    const cell = document.createElement("td");
+    if (className) cell.className = className;
+    if (full) cell.title = full;
+    cell.textContent = text;
+    row.append(cell);
+  }
+  return row;
+}
+
+function purchaseRow(purchase) {
+  const row = document.createElement("tr");
+  row.className = "purchase";
+  row.dataset.purchaseId = purchase.purchase_id;
+  row.dataset.status = purchase.status;
+  row.dataset.userId = purchase.user_id || "";
+  return cellsRow(row, [
+    [utcTime(purchase.created_at), "time"],
+    [shortId(purchase.purchase_id), "id", purchase.purchase_id],
+    [purchase.username || shortId(purchase.user_id), "", purchase.user_id],
+    [purchase.package, ""],
+    [coins(purchase.coins), "num"],
+    [money(purchase.amount_minor, purchase.currency), "num"],
+    [purchase.status, "status"],
+    [purchase.refunded_minor ? money(purchase.refunded_minor, purchase.currency) : "", "num debit"],
+    [purchase.dispute_status || "", ""],
+    [purchase.coins_reversed ? coins(purchase.coins_reversed) : "", "num debit"],
+    [purchase.method, ""],
+  ]);
+}
+
+function payoutRow(payout) {
+  const row = document.createElement("tr");
+  row.className = "payout";
+  row.dataset.payoutId = payout.payout_id;
+  row.dataset.status = payout.status;
+  row.dataset.creatorId = payout.creator_id || "";
+  return cellsRow(row, [
+    [utcTime(payout.created_at), "time"],
+    [shortId(payout.payout_id), "id", payout.payout_id],
+    [payout.username || shortId(payout.creator_id), "", payout.creator_id],
+    [coins(payout.diamonds), "num"],
+    [money(payout.amount_minor, payout.currency), "num"],
+    [payout.status, "status"],
+    [payout.transfer_id || payout.failure || "", "memo"],
+    [utcTime(payout.resolved_at), "time"],
+  ]);
+}
+
+// One paged list (purchases or payouts): `more` appends the next page after the cursor.
+async function loadPaged({ path, key, filter, tbody, status, moreButton, rowOf, cursor, more,
+  noun }) {
+  status.dataset.state = "";
+  status.textContent = "Loading…";
+  const params = statusFilter(filter);
+  params.set("limit", String(PAGE));
+  if (more && cursor) params.set("cursor", cursor);
+  let body;
+  try {
+    body = await getJson(`${path}?${params}`);
+  } catch (error) {
+    failed(status, error);
+    return cursor;
+  }
+  const rows = (body[key] || []).map(rowOf);
+  if (more) tbody.append(...rows);
+  else tbody.replaceChildren(...rows);
+  moreButton.hidden = !body.next_cursor;
+  const shown = tbody.childElementCount;
+  status.textContent = shown ? `Showing the latest ${shown} ${noun}.` : `No ${noun} match.`;
+  return body.next_cursor;
+}
+
+async function loadPurchases({ more = false } = {}) {
+  purchasesCursor = await loadPaged({
+    path: "/api/v1/finance/purchases", key: "purchases", filter: "purchases-filter",
+    tbody: document.querySelector("#purchases tbody"), status: el("purchases-status"),
+    moreButton: el("purchases-more"), rowOf: purchaseRow, cursor: purchasesCursor, more,
+    noun: "purchases",
+  });
+}
+
+async function loadPayouts({ more = false } = {}) {
+  payoutsCursor = await loadPaged({
+    path: "/api/v1/finance/payouts", key: "payouts", filter: "payouts-filter",
+    tbody: document.querySelector("#payouts tbody"), status: el("payouts-status"),
+    moreButton: el("payouts-more"), rowOf: payoutRow, cursor: payoutsCursor, more,
+    noun: "payouts",
+  });
+}
+
+async function loadDebts() {
+  const status = el("debts-status");
+  const total = el("debts-total");
+  status.dataset.state = "";
+  status.textContent = "Loading…";
+  let body;
+  try {
+    body = await getJson("/api/v1/finance/debts");
+  } catch (error) {
+    failed(status, error);
+    return;
+  }
+  const debts = body.debts || [];
+  total.dataset.value = String(body.total_owed_coins);
+  total.textContent = `${coins(body.total_owed_coins)} coins`;
+  status.textContent = debts.length
+    ? `${coins(debts.length)} viewer(s) owe coins after refunds or lost disputes; their gifts ` +
+      "are refused until it is paid."
+    : "No viewer owes coins.";
+  document.querySelector("#debts tbody").replaceChildren(...debts.map((debt) => {
+    const row = document.createElement("tr");
+    row.className = "debt";
+    row.dataset.userId = debt.user_id;
+    row.dataset.owed = String(debt.owed_coins);
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.textContent = debt.username;
+    row.append(name);
+    return cellsRow(row, [[debt.user_id, "id"], [coins(debt.owed_coins), "num debit"]]);
+  }));
 }
 
 // -- account ----------------------------------------------------------------------------------
@@ -465,6 +618,9 @@ async function start() {
   }
   loadBalances();
   loadJournal();
+  loadPurchases();
+  loadPayouts();
+  loadDebts();
 }
 
 loginForm.addEventListener("submit", async (event) => {
@@ -508,6 +664,35 @@ journalForm.addEventListener("submit", (event) => {
 });
 
 journalMore.addEventListener("click", () => loadJournal({ more: true }));
-csvButton.addEventListener("click", () => downloadCsv());
+csvButton.addEventListener("click", () => downloadCsv({
+  path: `/api/v1/finance/journal.csv?${journalFilters()}`, filename: "livecore-journal.csv",
+  button: csvButton, link: csvLink, status: el("journal-status"),
+}));
+
+el("purchases-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  el("purchases-csv-link").hidden = true;
+  loadPurchases();
+});
+el("purchases-more").addEventListener("click", () => loadPurchases({ more: true }));
+el("purchases-csv").addEventListener("click", () => downloadCsv({
+  path: `/api/v1/finance/purchases.csv?${statusFilter("purchases-filter")}`,
+  filename: "livecore-purchases.csv", button: el("purchases-csv"),
+  link: el("purchases-csv-link"), status: el("purchases-status"),
+}));
+
+el("payouts-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  el("payouts-csv-link").hidden = true;
+  loadPayouts();
+});
+el("payouts-more").addEventListener("click", () => loadPayouts({ more: true }));
+el("payouts-csv").addEventListener("click", () => downloadCsv({
+  path: `/api/v1/finance/payouts.csv?${statusFilter("payouts-filter")}`,
+  filename: "livecore-payouts.csv", button: el("payouts-csv"),
+  link: el("payouts-csv-link"), status: el("payouts-status"),
+}));
+
+el("debts-refresh").addEventListener("click", () => loadDebts());
 
 start();

@@ -77,8 +77,9 @@ async def test_finance_page_shows_reconciliation_statement_journal_and_csv(
                 f"{last_pass.streams_checked} stream(s) checked, "
                 f"{last_pass.differences_found} difference(s) found")
 
-            # Balances: one total per account kind, plus the sum.
-            await expect(page.locator("#balances tbody tr")).to_have_count(5, timeout=WAIT_MS)
+            # Balances: one total per account kind (eight, with money in and out's sales, debt
+            # and payout accounts), plus the sum.
+            await expect(page.locator("#balances tbody tr")).to_have_count(9, timeout=WAIT_MS)
 
             # The statement of the stream named in the URL, and its per-minute chart.
             await expect(page.locator("#statement")).to_be_visible(timeout=WAIT_MS)

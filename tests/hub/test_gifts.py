@@ -24,7 +24,7 @@ async def test_grants_are_admin_only_and_idempotent(node, economy):
                                          token=economy["viewer"], json=body)
     assert response.status == 403
     _, wallet = await api.request("GET", "/api/v1/me/wallet", token=economy["viewer"])
-    assert wallet == {"coins": 100, "diamonds": 0}
+    assert wallet == {"coins": 100, "diamonds": 0, "debt_coins": 0}
 
 
 async def test_the_catalogue_is_seeded_and_admins_edit_it(node, economy):

@@ -49,12 +49,14 @@ async def test_audit_verify_passes_then_catches_damage(fresh_database, backend):
                            " WHERE kind = 'earnings'")
         done = run(["audit", "verify"], env)
         assert done.returncode == 1
-        assert "FAILED: balances_match_entries, redis_matches_postgres" in done.stdout
+        # (A creator's earnings no longer add up to what their gifts earned, either.)
+        assert ("FAILED: balances_match_entries, earnings_add_up, redis_matches_postgres"
+                in done.stdout)
 
         # The projection can be repaired from the ledger; the balance cannot (and must not).
         done = run(["audit", "verify", "--repair-redis"], env)
         assert done.returncode == 1
-        assert "FAILED: balances_match_entries" in done.stdout
+        assert "FAILED: balances_match_entries, earnings_add_up" in done.stdout
         assert "redis_matches_postgres" not in done.stdout.split("FAILED:")[1]
 
         # A second debit for a gift (a balanced transfer of its own): applied twice.
