@@ -25,7 +25,9 @@ Every request under ``/v1/`` goes through the same layers (``FakeStripe._api_mid
 5. the handler runs: the fake's own, or the proxy to localstripe;
 6. an injected ``after`` fault replaces the answer with a 500 although the work is done and
    its response saved for the key: a crash or lost response after the provider acted, which
-   only a retry with the same key (or a look-up) can resolve.
+   only a retry with the same key (or a look-up) can resolve. A ``hang`` fault does the work
+   too, then answers nothing until the fake stops (the caller's process can be killed while it
+   waits).
 
 Events have two sources. The fake's own are built in Stripe's envelope, signed per endpoint
 and POSTed to every URL given to :meth:`FakeStripe.add_webhook`: the control methods
@@ -85,7 +87,7 @@ API_VERSION: str = stripe.api_version
 DELIVERY_TIMEOUT_S = 10.0
 RELAY_TOLERANCE_S = 300
 
-FaultMode = Literal["before", "after"]
+FaultMode = Literal["before", "after", "hang"]
 CheckoutPayment = Literal["paid", "async_pending"]
 DisputeOutcome = Literal["won", "lost"]
 
@@ -398,6 +400,7 @@ class FakeStripe:
         self._checkout_pi_metadata: dict[str, dict[str, str]] = {}
         self._async_pending: set[str] = set()
         self._faults: list[_Fault] = []
+        self._released = asyncio.Event()  # ends the waits of "hang" faults
         self._saved: dict[tuple[str, str], _Saved] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._known_ids: set[str] = set()
@@ -451,6 +454,7 @@ class FakeStripe:
         return self
 
     async def stop(self) -> None:
+        self._released.set()
         if self._relay_registered:
             # localstripe cannot forget a webhook: an empty event list silences it.
             with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
@@ -625,9 +629,10 @@ class FakeStripe:
                   method: str | None = None) -> None:
         """The next ``times`` requests whose path starts with ``path_prefix`` (and of
         ``method``, if given) fail with a 500 ``api_error``: ``before`` doing anything, or
-        ``after`` the work was done and its idempotent response saved."""
-        if mode not in ("before", "after"):
-            raise ValueError(f"fault mode must be 'before' or 'after', not {mode!r}")
+        ``after`` the work was done and its idempotent response saved; ``hang`` does the work,
+        then holds the answer until the fake stops."""
+        if mode not in ("before", "after", "hang"):
+            raise ValueError(f"fault mode must be 'before', 'after' or 'hang', not {mode!r}")
         if times < 1:
             raise ValueError("times must be at least 1")
         self._faults.append(_Fault(path_prefix, mode, times, method.upper() if method else None))
@@ -709,7 +714,9 @@ class FakeStripe:
                         assert isinstance(response.body, bytes)
                         self._saved[scope] = _Saved(request.path, params, response.status,
                                                     response.body, request[REQUEST_ID])
-        if fault == "after":
+        if fault == "hang":
+            await self._released.wait()
+        if fault in ("after", "hang"):
             return _fault_error("after").response()
         return response
 
