@@ -335,7 +335,7 @@ _PURCHASES_SELECT = f"""
     ORDER BY p.created_at DESC, p.id DESC
 """
 _PURCHASE_COLUMNS = ("purchase_id", "created_at", "user_id", "username", "status", "package",
-                     "coins", "coins_reversed", "amount_minor", "currency", "method",
+                     "coins", "coins_reversed", "amount_minor", "currency", "provider", "method",
                      "payment_intent_id", "checkout_id", "paid_at", "refunded_minor",
                      "dispute_id", "dispute_status", "failure")
 _PAYOUT_STATUSES = ("pending", "paid", "failed")
@@ -349,7 +349,7 @@ _PAYOUTS_SELECT = """
     ORDER BY p.created_at DESC, p.id DESC
 """
 _PAYOUT_COLUMNS = ("payout_id", "created_at", "creator_id", "username", "status", "diamonds",
-                   "amount_minor", "currency", "destination", "transfer_id", "failure",
+                   "amount_minor", "currency", "provider", "destination", "transfer_id", "failure",
                    "attempts", "resolved_at")
 
 
@@ -359,7 +359,8 @@ def _purchase_row(row: Any) -> dict[str, Any]:
             "status": row["shown_status"], "package": row["package_slug"],
             "coins": row["coins"], "coins_reversed": row["coins_reversed"],
             "amount_minor": row["amount_minor"], "currency": row["currency"],
-            "method": row["method"], "payment_intent_id": row["payment_intent_id"],
+            "provider": row["provider"], "method": row["method"],
+            "payment_intent_id": row["payment_intent_id"],
             "checkout_id": row["checkout_id"], "paid_at": iso_time(row["paid_at"]),
             "refunded_minor": row["refunded_minor"], "dispute_id": row["dispute_id"],
             "dispute_status": row["dispute_status"], "failure": row["failure"]}
@@ -370,7 +371,8 @@ def _payout_row(row: Any) -> dict[str, Any]:
             "creator_id": str(row["creator_id"]), "username": row["username"],
             "status": row["status"], "diamonds": row["diamonds"],
             "amount_minor": row["amount_minor"], "currency": row["currency"],
-            "destination": row["destination"], "transfer_id": row["transfer_id"],
+            "provider": row["provider"], "destination": row["destination"],
+            "transfer_id": row["transfer_id"],
             "failure": row["failure"], "attempts": row["attempts"],
             "resolved_at": iso_time(row["resolved_at"])}
 

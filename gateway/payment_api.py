@@ -203,7 +203,7 @@ async def put_package(call: Call) -> web.StreamResponse:
 def _purchase_json(call: Call, purchase: Purchase) -> dict[str, Any]:
     """The purchase as its buyer sees it; a local checkout page's URL made absolute (for apps
     that open it outside the site)."""
-    body = purchase.json(test_mode=call.services.provider.test_mode)
+    body = purchase.json()
     if body["checkout_url"] and body["checkout_url"].startswith("/"):
         body["checkout_url"] = base_url(call) + body["checkout_url"]
     return body

@@ -88,16 +88,17 @@ class Purchase:
             return "partially_refunded"
         return "paid"
 
-    def json(self, *, test_mode: bool, private: bool = True) -> dict[str, Any]:
+    def json(self) -> dict[str, Any]:
+        """What its buyer sees (the client secret and checkout URL while it is pending)."""
         pending = self.status == "pending"
         return {
             "purchase_id": str(self.id), "status": self.shown_status,
             "package": self.package_slug, "coins": self.coins,
             "coins_reversed": self.coins_reversed, "amount_minor": self.amount_minor,
             "currency": self.currency, "method": self.method,
-            "client_secret": self.client_secret if private and pending else None,
-            "checkout_url": self.checkout_url if private and pending else None,
-            "test_mode": test_mode, "created_at": iso_time(self.created_at),
+            "client_secret": self.client_secret if pending else None,
+            "checkout_url": self.checkout_url if pending else None,
+            "test_mode": self.provider == "test", "created_at": iso_time(self.created_at),
             "paid_at": iso_time(self.paid_at), "refunded_minor": self.refunded_minor,
             "dispute_status": self.dispute_status, "failure": self.failure,
         }
@@ -305,6 +306,13 @@ class Purchases:
         if info.checkout_id and not purchase.checkout_id:
             changes["checkout_id"] = info.checkout_id
         if info.kind == "paid" and purchase.status != "paid":
+            if (info.amount_minor, info.currency) not in (
+                    (None, None), (purchase.amount_minor, purchase.currency)):
+                # Never ours to credit: the provider says another sum was paid.
+                log.error("paid event's amount differs from the purchase", extra={
+                    "purchase_id": str(purchase.id), "paid": info.amount_minor,
+                    "currency": info.currency, "expected": purchase.amount_minor})
+                return replace(purchase, **changes) if changes else purchase
             changes.update(status="paid", paid_at=now, failure=None)
         elif info.kind == "failed" and purchase.status == "pending":
             changes.update(status="failed", failure=info.failure)

@@ -74,6 +74,9 @@ class PaymentEvent:
     dispute_status: str | None = None
     dispute_minor: int = 0
     failure: str | None = None
+    #: paid: the sum the event says was paid (None when it does not say).
+    amount_minor: int | None = None
+    currency: str | None = None
 
 
 def _purchase_id(metadata: Any) -> uuid.UUID | None:
@@ -110,7 +113,8 @@ def interpret(event: dict[str, Any]) -> PaymentEvent:
             failure = (error.get("message") if isinstance(error, dict) else None) or "declined"
         return PaymentEvent("paid" if failure is None else "failed",
                             purchase_id=_purchase_id(obj.get("metadata")),
-                            payment_intent_id=_text(obj.get("id")), failure=failure)
+                            payment_intent_id=_text(obj.get("id")), failure=failure,
+                            **_paid_sum(obj, "amount_received", "amount"))
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded",
                 "checkout.session.async_payment_failed", "checkout.session.expired"):
         if kind == "checkout.session.completed":
@@ -124,7 +128,8 @@ def interpret(event: dict[str, Any]) -> PaymentEvent:
             purchase_id=_purchase_id(obj.get("metadata")) or _maybe_uuid(
                 obj.get("client_reference_id")),
             payment_intent_id=_text(obj.get("payment_intent")), checkout_id=_text(obj.get("id")),
-            failure=None if what != "failed" else _CHECKOUT_FAILURES[kind])
+            failure=None if what != "failed" else _CHECKOUT_FAILURES[kind],
+            **_paid_sum(obj, "amount_total"))
     if kind == "charge.refunded":
         return PaymentEvent("refund", purchase_id=_purchase_id(obj.get("metadata")),
                             payment_intent_id=_text(obj.get("payment_intent")),
@@ -138,6 +143,16 @@ def interpret(event: dict[str, Any]) -> PaymentEvent:
                             dispute_id=_text(obj.get("id")), dispute_status=status,
                             dispute_minor=int(obj.get("amount") or 0))
     return PaymentEvent("ignored")
+
+
+def _paid_sum(obj: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """The amount (the first of ``fields`` present) and currency an object says was paid."""
+    for name in fields:
+        if isinstance(obj.get(name), int) and obj[name] > 0:
+            currency = obj.get("currency")
+            return {"amount_minor": obj[name],
+                    "currency": currency.lower() if isinstance(currency, str) else None}
+    return {}
 
 
 def _maybe_uuid(value: Any) -> uuid.UUID | None:

@@ -494,7 +494,8 @@ function purchaseRow(purchase) {
     [purchase.refunded_minor ? money(purchase.refunded_minor, purchase.currency) : "", "num debit"],
     [purchase.dispute_status || "", ""],
     [purchase.coins_reversed ? coins(purchase.coins_reversed) : "", "num debit"],
-    [purchase.method, ""],
+    // Test-payments purchases moved no money: finance must tell them apart at a glance.
+    [purchase.provider === "test" ? `${purchase.method} (test)` : purchase.method, ""],
   ]);
 }
 

@@ -341,3 +341,23 @@ async def test_unknown_events_are_acknowledged_and_change_nothing(services: Serv
     event = _event("customer.created", {"id": "cus_1", "object": "customer"})
     assert await services.purchases.handle_event(event) == "ignored"
     assert await services.purchases.handle_event(event) == "duplicate"
+
+
+async def test_a_paid_event_for_another_sum_credits_nothing(api: ApiClient,
+                                                           services: Services) -> None:
+    _, token = await api.new_user()
+    _, created = await _buy(api, token, method="payment_intent")
+    purchase = await services.purchases.get(uuid.UUID(created["purchase_id"]))
+    for amount, currency in ((1, "usd"), (99, "eur")):
+        event = _event("payment_intent.succeeded", {
+            "id": purchase.payment_intent_id, "object": "payment_intent",
+            "amount": amount, "amount_received": amount, "currency": currency,
+            "metadata": {"purchase_id": str(purchase.id)}})
+        assert await services.purchases.handle_event(event) == "applied"
+        assert (await services.purchases.get(purchase.id)).status == "pending"
+    assert (await _wallet(api, token))["coins"] == 0
+    right = _event("payment_intent.succeeded", {
+        "id": purchase.payment_intent_id, "object": "payment_intent", "amount": 99,
+        "amount_received": 99, "currency": "USD", "metadata": {"purchase_id": str(purchase.id)}})
+    await services.purchases.handle_event(right)
+    assert (await _wallet(api, token))["coins"] == 70
