@@ -28,7 +28,9 @@ One batch, in one transaction:
    and moves nothing.
 4. Claim the accepted ids, in id order, together with the batch's transfer row (``INSERT ... ON
    CONFLICT DO NOTHING``); an id another batch claimed meanwhile is resolved as in step 1 after
-   commit. If no id was claimed, the transaction is rolled back: nothing is written.
+   commit. The same statement leaves out the gifts of senders who owe coins (a ``debt``
+   account below zero after a refund or chargeback): they are refused (``wallet_in_debt``).
+   If no id was claimed, the transaction is rolled back: nothing is written.
 5. Debit each sender once and write every entry (one per gift for the debit, one per account
    for the credits) in one statement, which the database checks sums to zero (and names an
    existing transfer).
@@ -331,11 +333,12 @@ class GiftBatcher:
                 states = await self._stream_states(conn, fresh)
                 closed = {o.gift_id for o in fresh if states.get(o.stream_id) != "live"}
                 fresh = [o for o in fresh if o.gift_id not in closed]
-                accepted, refused, wallets, indebted = await self._fund(conn, fresh)
+                accepted, refused, wallets = await self._fund(conn, fresh)
                 claimed: set[uuid.UUID] = set()
+                debtors: set[uuid.UUID] = set()
                 if accepted:
-                    claimed = await self._post(conn, accepted, wallets, earnings, platform,
-                                               now)
+                    claimed, debtors = await self._post(conn, accepted, wallets, earnings,
+                                                        platform, now)
             except BaseException:
                 # Keep the original error; a broken connection is reset by the pool anyway.
                 with contextlib.suppress(Exception):
@@ -349,6 +352,11 @@ class GiftBatcher:
         for order in accepted:
             if order.gift_id in claimed:
                 outcomes[order.gift_id] = GiftOutcome(order, now, True)
+        indebted = {o.gift_id for o in accepted if o.sender_id in debtors}
+        if refused:  # for want of coins, or (more to the point) because the sender owes?
+            owing = await self._owing({o.sender_id for o in fresh if o.gift_id in refused})
+            indebted |= {o.gift_id for o in fresh if o.gift_id in refused and o.sender_id in owing}
+            refused -= indebted
         unresolved = ({o.gift_id for o in orders} - set(outcomes) - set(stored) - refused
                       - closed - indebted)
         if unresolved:  # claimed by another batch meanwhile: read what it stored
@@ -406,15 +414,14 @@ class GiftBatcher:
         return {row["id"]: row["state"] for row in rows}
 
     @staticmethod
-    async def _fund(conn: Any, orders: list[GiftOrder]) -> tuple[
-            list[GiftOrder], set[uuid.UUID], dict[uuid.UUID, int], set[uuid.UUID]]:
+    async def _fund(conn: Any, orders: list[GiftOrder]
+                    ) -> tuple[list[GiftOrder], set[uuid.UUID], dict[uuid.UUID, int]]:
         """Lock the senders' wallets and decide, in arrival order, which gifts they afford.
 
-        Returns the accepted orders, the ids refused for want of coins, each sender's wallet
-        account id, and the ids refused because their sender owes coins.
+        Returns the accepted orders, the refused ids and each sender's wallet account id.
         """
         if not orders:
-            return [], set(), {}, set()
+            return [], set(), {}
         senders = sorted({o.sender_id for o in orders})
         rows = await conn.fetch(
             """
@@ -426,45 +433,60 @@ class GiftBatcher:
         )
         balance = {row["owner_id"]: row["balance"] for row in rows}
         wallets = {row["owner_id"]: row["id"] for row in rows}
-        # Senders in debt (a refund or lost dispute took back coins they had spent) give
-        # nothing until it is paid. Read after the wallets are locked, in a statement (and so
-        # a snapshot) of its own: a reversal that wrote the debt holds the wallet's lock
-        # until it commits, so it is seen here.
-        in_debt = {row["owner_id"] for row in await conn.fetch(
-            "SELECT owner_id FROM ledger_accounts WHERE kind = 'debt'"
-            " AND owner_id = ANY($1::uuid[]) AND balance < 0", senders)} if rows else set()
-        accepted, refused, indebted = [], set(), set()
+        accepted, refused = [], set()
         for order in orders:
-            if order.sender_id in in_debt:
-                indebted.add(order.gift_id)
-                continue
             available = balance.get(order.sender_id, 0)
             if available >= order.price:
                 balance[order.sender_id] = available - order.price
                 accepted.append(order)
             else:
                 refused.add(order.gift_id)
-        return accepted, refused, wallets, indebted
+        return accepted, refused, wallets
+
+    async def _owing(self, senders: set[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``senders`` owe coins (read after their batch: only to word a refusal)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT owner_id FROM ledger_accounts WHERE kind = 'debt'"
+                " AND owner_id = ANY($1::uuid[]) AND balance < 0", list(senders))
+        return {row["owner_id"] for row in rows}
 
     @staticmethod
     async def _post(conn: Any, orders: list[GiftOrder], wallets: dict[uuid.UUID, int],
                     earnings: dict[uuid.UUID, int], platform: int,
-                    now: dt.datetime) -> set[uuid.UUID]:
+                    now: dt.datetime) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """Claim the gifts and post the batch; (the claimed ids, the senders who owe coins)."""
         transfer_id = uuid.uuid4()
         claims = sorted(orders, key=lambda o: o.gift_id.int)  # one global claim order
+        # Senders who owe coins (a refund or lost dispute took back coins they had spent)
+        # give nothing until it is paid: their gifts are not claimed. This statement starts
+        # after the wallets were locked, so its snapshot sees a reversal that committed while
+        # the batch waited for a wallet (a reversal holds the wallet's lock until it
+        # commits), and the check costs no round trip of its own.
         claimed_rows = await conn.fetch(
             """
             WITH transfer AS (
                 INSERT INTO ledger_transfers (id, kind, created_at)
                 VALUES ($10::uuid, 'gift_batch', $11::timestamptz)
+            ),
+            debtors AS (
+                SELECT owner_id FROM ledger_accounts
+                WHERE kind = 'debt' AND balance < 0 AND owner_id = ANY($2::uuid[])
+            ),
+            claimed AS (
+                INSERT INTO gifts (id, sender_id, stream_id, creator_id, gift_slug, quantity,
+                                   price, creator_share, platform_cut, transfer_id, created_at)
+                SELECT g.*, $10::uuid, $11::timestamptz
+                FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                            $6::int[], $7::bigint[], $8::bigint[], $9::bigint[])
+                     AS g (id, sender_id, stream_id, creator_id, gift_slug, quantity, price,
+                           creator_share, platform_cut)
+                WHERE g.sender_id NOT IN (SELECT owner_id FROM debtors)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
             )
-            INSERT INTO gifts (id, sender_id, stream_id, creator_id, gift_slug, quantity, price,
-                               creator_share, platform_cut, transfer_id, created_at)
-            SELECT g.*, $10::uuid, $11::timestamptz
-            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                        $6::int[], $7::bigint[], $8::bigint[], $9::bigint[]) AS g
-            ON CONFLICT (id) DO NOTHING
-            RETURNING id
+            SELECT id, false AS debtor FROM claimed
+            UNION ALL SELECT owner_id, true FROM debtors
             """,
             [o.gift_id for o in claims], [o.sender_id for o in claims],
             [o.stream_id for o in claims], [o.creator_id for o in claims],
@@ -472,10 +494,11 @@ class GiftBatcher:
             [o.price for o in claims], [o.creator_share for o in claims],
             [o.platform_cut for o in claims], transfer_id, now,
         )
-        claimed = {row["id"] for row in claimed_rows}
+        claimed = {row["id"] for row in claimed_rows if not row["debtor"]}
+        debtors = {row["id"] for row in claimed_rows if row["debtor"]}
         posted = [o for o in orders if o.gift_id in claimed]
         if not posted:
-            return claimed
+            return claimed, debtors
         debits: dict[int, int] = {}
         credits: dict[int, int] = {}
         cut = 0
@@ -525,7 +548,7 @@ class GiftBatcher:
             """,
             credited, [credits[i] for i in credited],
         )
-        return claimed
+        return claimed, debtors
 
 
 async def grant(pool: Any, *, grant_id: uuid.UUID, user_id: uuid.UUID, coins: int,

@@ -259,7 +259,10 @@ async def test_a_refund_after_spending_puts_the_wallet_in_visible_debt(
     _, shown = await api.request("GET", f"/api/v1/purchases/{purchase.id}", token=token)
     assert (shown["status"], shown["coins_reversed"], shown["refunded_minor"]) == (
         "refunded", 700, 999)
-    # Gifting is blocked, even with coins from elsewhere, until the debt is paid.
+    # Gifting is blocked (the wallet is empty, but that is not what the refusal says)...
+    status, body = await _gift(api, token, live["stream"])
+    assert (status, body["error"]["code"]) == (402, "wallet_in_debt")
+    # ...even with coins from elsewhere, until the debt is paid.
     from ledger.batcher import grant
     await grant(services.pool, grant_id=uuid.uuid4(), user_id=uuid.UUID(user["id"]),
                 coins=10, memo="", actor_id=None, now=dt.datetime.now(dt.UTC))
