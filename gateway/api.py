@@ -209,6 +209,24 @@ async def register(call: Call) -> web.StreamResponse:
     return json_response(user_json(account, call.now, private=True), status=201)
 
 
+async def confirm_password(call: Call, password: str) -> None:
+    """The caller types their password again before a sensitive change (where payouts go):
+    a stolen token alone is not enough. Wrong answers count against the login throttle."""
+    services = call.services
+    username = call.account.username
+    address = client_address(
+        call.request, trust_proxy_headers=services.settings.trust_proxy_headers
+    )
+    await services.throttle.check(username, address)
+    found = await services.accounts.credentials(username)
+    ok, _ = await auth.verify_password(found[1] if found else None, password)
+    if not ok:
+        await services.throttle.failed(username, address)
+        raise Forbidden("That is not your password; this change needs it.",
+                        code="wrong_password")
+    await services.throttle.succeeded(username, address)
+
+
 async def login(call: Call) -> web.StreamResponse:
     services = call.services
     logins = call.request.app[METRICS_KEY].logins

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import Call, Route, base_url
+from gateway.api import Call, Route, base_url, confirm_password
 from gateway.http import json_response
 from ledger.payments import Purchase
 from ledger.providers import InvalidSignature
@@ -140,9 +140,13 @@ EARNINGS: Schema = {
 }
 PAYOUT_ACCOUNT_BODY: Schema = {
     "type": "object",
-    "properties": {"stripe_account_id": {"type": "string",
-                                         "pattern": "^acct_[A-Za-z0-9]{1,64}$"}},
-    "required": ["stripe_account_id"], "additionalProperties": False,
+    "properties": {
+        "stripe_account_id": {"type": "string", "pattern": "^acct_[A-Za-z0-9]{1,64}$"},
+        "password": {"type": "string", "maxLength": 256,
+                     "description": "Your password again: where payouts go is not changed "
+                                    "with a token alone."},
+    },
+    "required": ["stripe_account_id", "password"], "additionalProperties": False,
 }
 PAYOUT_ACCOUNT: Schema = {
     "type": "object", "properties": {"stripe_account_id": {"type": "string"}},
@@ -286,8 +290,11 @@ async def my_earnings(call: Call) -> web.StreamResponse:
 
 
 async def put_payout_account(call: Call) -> web.StreamResponse:
+    await confirm_password(call, call.body["password"])
     saved = await call.services.payouts.set_account(call.account.id,
                                                     call.body["stripe_account_id"])
+    log.info("payout account changed", extra={"user_id": str(call.account.id),
+                                              "stripe_account_id": saved})
     return json_response({"stripe_account_id": saved})
 
 
@@ -342,8 +349,9 @@ PAYMENT_ROUTES: tuple[Route, ...] = (
           "(creators).", Permission.STREAM_CREATE, "payouts", response=EARNINGS,
           errors=(403,)),
     Route("PUT", "/api/v1/me/payout-account", put_payout_account,
-          "Your Stripe Connect account for payouts (creators).", Permission.STREAM_CREATE,
-          "payouts", body=PAYOUT_ACCOUNT_BODY, response=PAYOUT_ACCOUNT, errors=(403, 422)),
+          "Your Stripe Connect account for payouts, with your password (creators).",
+          Permission.STREAM_CREATE, "payouts", body=PAYOUT_ACCOUNT_BODY,
+          response=PAYOUT_ACCOUNT, errors=(403, 422, 429)),
     Route("POST", "/api/v1/me/payouts", request_payout,
           "Pay out diamonds to your connected account: reserved, transferred, then posted "
           "(or voided); 201 when new, 200 when replaying a retry (creators).",

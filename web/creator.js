@@ -137,6 +137,8 @@ function describe(error) {
         "above first.";
     case "forbidden_role":
       return "This account is not a creator account, so it has no earnings to show.";
+    case "wrong_password":
+      return "That is not your password, so the payout account was not changed.";
     default:
       if (error.status === 401) return "Your login has expired. Please log in again.";
       if (error.status >= 500) return "The server is having trouble right now; try again shortly.";
@@ -155,7 +157,7 @@ function accessFailed(error) {
     showText(loginError, describe(error));
     return true;
   }
-  if (error.status === 403) {
+  if (error.status === 403 && error.code !== "wrong_password") {
     dashboard.hidden = true;
     showText(accessError, error.code === "forbidden_role" || !error.message
       ? "This account is not a creator account, so it has no earnings to show."
@@ -343,10 +345,17 @@ accountForm.addEventListener("submit", async (event) => {
     showText(errorEl, "A Stripe connected account id looks like acct_ followed by letters and digits.");
     return;
   }
+  const password = el("account-password");
+  if (!password.value) {
+    showText(errorEl, "Type your password: changing where payouts go needs it.");
+    return;
+  }
   const button = el("account-save");
   button.disabled = true;
   try {
-    const body = await api("PUT", "/api/v1/me/payout-account", { stripe_account_id: value });
+    const body = await api("PUT", "/api/v1/me/payout-account",
+      { stripe_account_id: value, password: password.value });
+    password.value = "";
     result.textContent = `Saved: payouts go to ${body.stripe_account_id}.`;
     await loadEarnings();
   } catch (error) {

@@ -1,4 +1,5 @@
-// The watch page: the stream's room (room.js: details, chat, gifts, login) and its video.
+// The watch page: the stream's room (room.js: details, chat, gifts, login), the gift panel
+// (gifts.js: sending gifts, the wallet) and its video.
 // The video comes over WHEP (webrtc.js) while the stream is live: before that (409
 // stream_not_live) the page waits, trying again now and then and as soon as the room says the
 // stream went live. If WebRTC fails otherwise, it falls back to HLS: the browser's own player,

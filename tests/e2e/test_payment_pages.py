@@ -432,6 +432,13 @@ async def test_creator_dashboard_chart_and_payout(money: tuple[ApiClient, Servic
 
     await page.fill("#account-input", "acct_1TestCreator")
     await page.click("#account-save")
+    await expect(page.locator("#account-error")).to_contain_text("Type your password")
+    await page.fill("#account-password", "not the password")
+    await page.click("#account-save")
+    await expect(page.locator("#account-error")).to_have_text(
+        "That is not your password, so the payout account was not changed.", timeout=WAIT_MS)
+    await page.fill("#account-password", PASSWORD)
+    await page.click("#account-save")
     await expect(page.locator("#account-result")).to_have_text(
         "Saved: payouts go to acct_1TestCreator.", timeout=WAIT_MS)
     await expect(page.locator("#payout-account")).to_have_text(
@@ -511,7 +518,8 @@ async def test_finance_page_purchases_payouts_and_debts(money: tuple[ApiClient, 
     _, gifter = await granted_viewer(api, services, 500)
     await send_gift(api, gifter, stream, "coffee", 40)  # 200 diamonds
     response, body = await api.request("PUT", "/api/v1/me/payout-account", token=creator_token,
-                                       json={"stripe_account_id": "acct_1Finance"})
+                                       json={"stripe_account_id": "acct_1Finance",
+                                             "password": PASSWORD})
     assert response.status == 200, body
     response, payout = await api.request("POST", "/api/v1/me/payouts", token=creator_token,
                                          json={"payout_id": str(uuid.uuid4()), "diamonds": 200})

@@ -73,8 +73,8 @@ async def _crash_and_retry(server: Background, pool: asyncpg.Pool, env: dict[str
                 "quantity": 3}) as response:
             assert response.status == 201  # 7,499 diamonds to the creator
         account = await stripe_fake.create_connected_account()
-        async with http.put("/api/v1/me/payout-account", headers=creator,
-                            json={"stripe_account_id": account}) as response:
+        async with http.put("/api/v1/me/payout-account", headers=creator, json={
+                "stripe_account_id": account, "password": PASSWORD}) as response:
             assert response.status == 200
 
         stripe_fake.fail_next("/v1/transfers", "hang", method="POST")

@@ -18,7 +18,7 @@ from ledger.audit import verify_postgres
 from ledger.batcher import grant
 from livecore.accounts import Role
 from livecore.streams import StreamEvent
-from tests.support import ApiClient, assert_matches
+from tests.support import PASSWORD, ApiClient, assert_matches
 
 
 @pytest.fixture
@@ -66,11 +66,21 @@ async def test_a_payout_is_reserved_paid_and_posted_once(
     token = earner["token"]
     status, body = await _payout(api, token, 1000)
     assert (status, body["error"]["code"]) == (409, "no_payout_account")
-    response, body = await api.request("PUT", "/api/v1/me/payout-account", token=token,
-                                       json={"stripe_account_id": "not-an-account"})
+    path = "/api/v1/me/payout-account"
+    response, body = await api.request("PUT", path, token=token, json={
+        "stripe_account_id": "not-an-account", "password": PASSWORD})
     assert response.status == 422
-    response, body = await api.request("PUT", "/api/v1/me/payout-account", token=token,
-                                       json={"stripe_account_id": "acct_1Test"})
+    # Where payouts go is not changed with a token alone.
+    response, body = await api.request("PUT", path, token=token,
+                                       json={"stripe_account_id": "acct_1Thief"})
+    assert (response.status, body["error"]["field"]) == (422, "password")
+    response, body = await api.request("PUT", path, token=token, json={
+        "stripe_account_id": "acct_1Thief", "password": "not the password"})
+    assert (response.status, body["error"]["code"]) == (403, "wrong_password")
+    _, earnings = await api.request("GET", "/api/v1/me/earnings", token=token)
+    assert earnings["payout_account"] is None
+    response, body = await api.request("PUT", path, token=token, json={
+        "stripe_account_id": "acct_1Test", "password": PASSWORD})
     assert response.status == 200 and body == {"stripe_account_id": "acct_1Test"}
     status, body = await _payout(api, token, 999)
     assert (status, body["error"]["code"]) == (422, "below_minimum")
@@ -106,7 +116,7 @@ async def test_finance_sees_purchases_payouts_and_debts(
     await services.accounts.set_roles(finance["id"], {Role.FINANCE}, actor_id=None,
                                       reason="t", now=dt.datetime.now(dt.UTC))
     await api.request("PUT", "/api/v1/me/payout-account", token=earner["token"],
-                      json={"stripe_account_id": "acct_1Finance"})
+                      json={"stripe_account_id": "acct_1Finance", "password": PASSWORD})
     _, payout = await _payout(api, earner["token"], 2000)
     buyer, buyer_token = await api.new_user()
     _, purchase = await api.request("POST", "/api/v1/purchases", token=buyer_token, json={

@@ -25,7 +25,7 @@ from ledger.batcher import grant
 from livecore.settings import Secret
 from livecore.streams import StreamEvent
 from tests.stripe_fake import FakeStripe, deliver, sign
-from tests.support import ApiClient
+from tests.support import PASSWORD, ApiClient
 
 WEBHOOK_PATH = "/api/v1/payments/stripe/webhook"
 
@@ -300,7 +300,8 @@ async def _creator_with_diamonds(shop: Shop, diamonds: int) -> tuple[str, str, s
     assert available >= diamonds
     account = await shop.fake.create_connected_account()
     response, _ = await shop.api.request("PUT", "/api/v1/me/payout-account", token=token,
-                                         json={"stripe_account_id": account})
+                                         json={"stripe_account_id": account,
+                                               "password": PASSWORD})
     assert response.status == 200
     return creator["id"], token, account
 
