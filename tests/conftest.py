@@ -29,13 +29,20 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from playwright.async_api import Browser, async_playwright
 
 from gateway.app import create_app
 from gateway.embedded import EmbeddedServers
 from gateway.services import Services
 from ledger.migrate import migrate
 from livecore.settings import Secret, Settings
-from tests.support import ApiClient, database_url_for, own_database
+from tests.support import (
+    CHROMIUM_ARGS,
+    ApiClient,
+    chromium_path,
+    database_url_for,
+    own_database,
+)
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -197,6 +204,18 @@ def make_services(services: Services) -> Any:
         return Services(settings=changed, pool=services.pool, redis=services.redis, clock=clock)
 
     return make
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium (the system's, see tests/support.chromium_path) for page tests."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium_path(),
+                                                    args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
 
 
 @pytest.fixture

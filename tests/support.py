@@ -19,6 +19,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 from jsonschema import Draft202012Validator, FormatChecker
+from playwright.async_api import Dialog, Page
 
 from gateway.app import Runner
 from ledger.batcher import grant
@@ -228,3 +229,17 @@ async def gift_until_answered(http: aiohttp.ClientSession, stream: str) -> tuple
         failed += 1
         await asyncio.sleep(0.05)
     raise AssertionError(f"gift {gift_id} was never answered")
+
+
+def page_errors(page: Page) -> list[str]:
+    """A list that collects a page's uncaught errors and any dialog it opens (an injected
+    ``alert`` would open one; it is dismissed, since an open dialog blocks the page)."""
+    errors: list[str] = []
+
+    async def on_dialog(dialog: Dialog) -> None:
+        errors.append(f"dialog: {dialog.message}")
+        await dialog.dismiss()
+
+    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
+    page.on("dialog", on_dialog)
+    return errors

@@ -6,7 +6,9 @@
 // A gift is sent with POST /api/v1/gifts under an id chosen here (crypto.randomUUID()): the
 // server commits a gift id at most once and answers a repeat with the original outcome, so a
 // network error or a 503 (ledger_unavailable) is retried once with the SAME id without any
-// risk of paying twice. One gift is in flight at a time: the buttons are disabled meanwhile.
+// risk of paying twice. If that retry fails too, the gift's outcome is unknown: the same gift
+// and quantity pressed again reuse its id (still no double payment); anything else starts a
+// new gift. One gift is in flight at a time: the buttons are disabled meanwhile.
 // The room's feed shows the gift (gift.sent over the websocket, rendered by room.js).
 // Every text from the server goes through textContent: gift names are set by admins, but
 // they are still data.
@@ -32,6 +34,7 @@ const LivecoreGifts = (() => {
   let stateOfStream = null;
   let generation = 0; // bumps at each login and logout: answers for an older login are dropped
   let sending = false;
+  let unresolved = null; // the body of a gift whose outcome is unknown (see above)
 
   // -- helpers --------------------------------------------------------------------------------
 
@@ -44,6 +47,12 @@ const LivecoreGifts = (() => {
     showText(errorEl, text);
     buyLink.classList.toggle("is-emphasised", buyCoins);
     if (text) showText(statusEl, "");
+  }
+
+  // "1 coin", "29,999 coins".
+  function coinsText(count) {
+    const n = Number(count);
+    return `${n.toLocaleString("en-US")} ${n === 1 ? "coin" : "coins"}`;
   }
 
   function authHeaders() {
@@ -86,7 +95,7 @@ const LivecoreGifts = (() => {
       return;
     }
     balanceEl.dataset.value = String(wallet.coins);
-    balanceEl.textContent = `You have ${plural(Number(wallet.coins), "coin", "coins")}`;
+    balanceEl.textContent = `You have ${coinsText(wallet.coins)}`;
   }
 
   function renderButtons() {
@@ -102,7 +111,7 @@ const LivecoreGifts = (() => {
       name.textContent = gift.name;
       const price = document.createElement("span");
       price.className = "price";
-      price.textContent = plural(gift.price_coins, "coin", "coins");
+      price.textContent = coinsText(gift.price_coins);
       button.append(name, " ", price);
       button.addEventListener("click", () => send(gift.slug));
       return button;
@@ -174,6 +183,7 @@ const LivecoreGifts = (() => {
   // Who is logged in, and their wallet; called at start and whenever the login changes.
   async function loadAccount() {
     const mine = ++generation;
+    unresolved = null;
     account = null;
     wallet = null;
     showError("");
@@ -219,7 +229,7 @@ const LivecoreGifts = (() => {
   // -- sending ----------------------------------------------------------------------------------
 
   function debtMessage(owed) {
-    return `You owe ${plural(owed, "coin", "coins")} after a refund or chargeback: buy coins ` +
+    return `You owe ${coinsText(owed)} after a refund or chargeback: buy coins ` +
       "(or pay it from your wallet on the coins page) before sending gifts.";
   }
 
@@ -280,8 +290,8 @@ const LivecoreGifts = (() => {
         await loadCatalogue();
         return;
       case "ledger_unavailable":
-        showError("The server could not take your gift right now, so no coins were spent. " +
-          "Try again in a moment.");
+        showError("The server could not confirm your gift right now. Press the same gift " +
+          "again in a moment to retry it: it will not be sent twice.");
         return;
       default:
     }
@@ -296,7 +306,8 @@ const LivecoreGifts = (() => {
       return;
     }
     if (reply.status === 503) {
-      showError("The server could not take your gift right now. Try again in a moment.");
+      showError("The server could not confirm your gift right now. Press the same gift " +
+        "again in a moment to retry it: it will not be sent twice.");
       return;
     }
     showError(error.message || `The gift was not sent (the server answered ${reply.status}).`);
@@ -317,10 +328,14 @@ const LivecoreGifts = (() => {
     showError("");
     showText(statusEl, `Sending ${gift ? gift.name : slug}…`);
     render();
-    const body = { gift_id: crypto.randomUUID(), stream_id: streamId, gift: slug, quantity };
+    const retry = unresolved && unresolved.gift === slug && unresolved.quantity === quantity;
+    const body = retry ? unresolved
+      : { gift_id: crypto.randomUUID(), stream_id: streamId, gift: slug, quantity };
+    unresolved = null;
     try {
       const reply = await post(body);
       if (mine !== generation) return;
+      if (reply.status === 503) unresolved = body;
       if (reply.status === 200 || reply.status === 201) {
         const sent = reply.body;
         if (typeof sent.balance === "number") {
@@ -331,7 +346,7 @@ const LivecoreGifts = (() => {
         }
         const count = sent.quantity > 1 ? `${sent.quantity} × ` : "";
         showText(statusEl, `Sent ${count}${sent.name || sent.gift} ` +
-          `(${plural(sent.coins, "coin", "coins")}).`);
+          `(${coinsText(sent.coins)}).`);
       } else {
         showText(statusEl, "");
         await explainFailure(reply, gift);
@@ -339,8 +354,9 @@ const LivecoreGifts = (() => {
     } catch (error) {
       if (mine !== generation) return;
       showText(statusEl, "");
-      showError(`Could not reach the server (${error.message}): the gift may not have been ` +
-        "sent. Check your balance before trying again.");
+      unresolved = body;
+      showError(`Could not reach the server (${error.message}): the gift may or may not have ` +
+        "been sent. Press the same gift again to retry it: it will not be sent twice.");
       await refreshWallet(mine);
     } finally {
       sending = false;

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from playwright.async_api import Browser, async_playwright, expect
 
 from gateway.media import MEDIA_KEY, MediaHub
 from ledger.batcher import grant
@@ -24,6 +24,7 @@ from tests.support import (
     PASSWORD,
     ApiClient,
     chromium_path,
+    page_errors,
     stream_state,
     until_state,
 )
@@ -59,19 +60,6 @@ SAYS_HLS = """{
 }"""
 
 
-def watch_errors(page: Page) -> list[str]:
-    """Uncaught page errors and any dialog (an injected ``alert`` would open one)."""
-    errors: list[str] = []
-
-    async def on_dialog(dialog: Dialog) -> None:
-        errors.append(f"dialog: {dialog.message}")
-        await dialog.dismiss()
-
-    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
-    page.on("dialog", on_dialog)
-    return errors
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
@@ -103,7 +91,7 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
 
     # The viewer opens the watch page first: nothing to play yet, it waits.
     watcher = await (await browser.new_context()).new_page()
-    watcher_errors = watch_errors(watcher)
+    watcher_errors = page_errors(watcher)
     await watcher.goto(str(api.client.make_url(f"/watch/{room}")))
     await expect(watcher.locator("#player-note")).to_have_attribute(
         "data-state", "waiting", timeout=WAIT_MS)
@@ -111,7 +99,7 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
 
     # The creator logs in on the go-live page; the camera preview starts.
     studio = await (await browser.new_context()).new_page()
-    studio_errors = watch_errors(studio)
+    studio_errors = page_errors(studio)
     page_response = await studio.goto(str(api.client.make_url(f"/live/{room}")))
     assert page_response is not None and page_response.headers["cache-control"] == "no-cache"
     status = studio.locator("#broadcast-status")
@@ -189,7 +177,7 @@ async def test_the_go_live_page_refuses_others_and_shows_the_servers_errors(
                                   json={"title": "Not yours"})
     other, _ = await api.new_user()
     page = await (await browser.new_context()).new_page()
-    errors = watch_errors(page)
+    errors = page_errors(page)
     await page.goto(str(api.client.make_url(f"/live/{stream['id']}")))
     await page.fill("#login-username", other["username"])
     await page.fill("#login-password", PASSWORD)
@@ -229,7 +217,7 @@ async def test_the_watch_page_falls_back_to_hls_and_says_when_it_cannot(
                                   json={"title": "No WebRTC here"})
     room = stream["id"]
     page = await (await browser.new_context()).new_page()
-    errors = watch_errors(page)
+    errors = page_errors(page)
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
     await page.route("**/whep/**", lambda route: route.fulfill(
@@ -257,7 +245,7 @@ async def test_the_watch_page_falls_back_to_hls_and_says_when_it_cannot(
 
     # A browser without native HLS, and no vendored hls.js: the page says so too.
     bare = await page.context.new_page()
-    bare_errors = watch_errors(bare)
+    bare_errors = page_errors(bare)
     await bare.add_init_script(SAYS_HLS % "''")
     await bare.route("**/static/vendor/hls.min.js", lambda route: route.fulfill(status=404))
     await bare.route("**/whep/**", lambda route: route.fulfill(status=502, body="Bad gateway"))

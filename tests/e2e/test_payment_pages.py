@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from gateway.app import create_app
 from gateway.services import Services
 from ledger.batcher import grant
 from livecore.accounts import Role
 from livecore.streams import StreamEvent
-from tests.support import CHROMIUM_ARGS, PASSWORD, ApiClient, chromium_path
+from tests.support import PASSWORD, ApiClient, page_errors
 
 pytestmark = pytest.mark.e2e
 
@@ -46,17 +46,6 @@ async def money(make_services: Any) -> AsyncIterator[tuple[ApiClient, Services]]
         yield api, services
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path(),
-                                                   args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
 async def open_page(browser: Browser, token: str | None) -> tuple[BrowserContext, Page,
                                                                   list[str]]:
     """A fresh context (logged in with ``token`` if given), a page, and the list its uncaught
@@ -67,15 +56,7 @@ async def open_page(browser: Browser, token: str | None) -> tuple[BrowserContext
         await context.add_init_script(
             f"localStorage.setItem('livecore.token', {json.dumps(token)});")
     page = await context.new_page()
-    errors: list[str] = []
-
-    async def on_dialog(dialog: Dialog) -> None:
-        errors.append(f"dialog: {dialog.message}")
-        await dialog.dismiss()
-
-    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
-    page.on("dialog", on_dialog)
-    return context, page, errors
+    return context, page, page_errors(page)
 
 
 def url(api: ApiClient, path: str) -> str:

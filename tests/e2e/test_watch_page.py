@@ -7,12 +7,12 @@ import uuid
 from typing import Any
 
 import pytest
-from playwright.async_api import Dialog, Page, WebSocket, async_playwright, expect
+from playwright.async_api import Page, WebSocket, async_playwright, expect
 
 from gateway.app import create_app
 from gateway.client import HubClient
 from livecore.chat import MAX_CHAT_CHARS
-from tests.support import CHROMIUM_ARGS, PASSWORD, ApiClient, chromium_path
+from tests.support import CHROMIUM_ARGS, PASSWORD, ApiClient, chromium_path, page_errors
 
 pytestmark = pytest.mark.e2e
 
@@ -22,19 +22,6 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 def ws_url(api: ApiClient) -> str:
     return str(api.client.make_url("/ws")).replace("http://", "ws://")
-
-
-def watch_errors(page: Page) -> list[str]:
-    """Uncaught page errors and any dialog (an injected ``alert`` would open one)."""
-    errors: list[str] = []
-
-    async def on_dialog(dialog: Dialog) -> None:
-        errors.append(f"dialog: {dialog.message}")
-        await dialog.dismiss()  # an open dialog would block the page
-
-    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
-    page.on("dialog", on_dialog)
-    return errors
 
 
 def record_frames(page: Page) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -67,7 +54,7 @@ async def test_watch_page_reads_chat_logs_in_and_writes(services):
             )
             try:
                 page = await browser.new_page()
-                errors = watch_errors(page)
+                errors = page_errors(page)
                 sent, _received = record_frames(page)
                 await page.goto(url)
 
@@ -175,7 +162,7 @@ async def test_watch_page_recovers_after_a_drop_and_a_gap(services):
             )
             try:
                 page = await browser.new_page()
-                errors = watch_errors(page)
+                errors = page_errors(page)
                 sent, received = record_frames(page)
                 await page.goto(url)
                 texts = page.locator("#messages .message .text")
@@ -238,7 +225,7 @@ async def test_watch_page_for_an_unknown_stream(services):
             )
             try:
                 page = await browser.new_page()
-                errors = watch_errors(page)
+                errors = page_errors(page)
                 sockets: list[WebSocket] = []
                 page.on("websocket", lambda ws: sockets.append(ws))
                 response = await page.goto(url)
