@@ -309,6 +309,7 @@ class MediaHub:
         self.node_id = node_id
         self._counted: dict[StreamId, int] = {}
         self._counting: asyncio.Task[None] | None = None
+        self._stopping = False
         self.broadcasts: dict[StreamId, Broadcast] = {}
         self.sessions: dict[str, Session] = {}
         self.hls = HlsOutput(Path(services.settings.data_dir).resolve() / "hls")
@@ -481,6 +482,10 @@ class MediaHub:
         await session.pc.close()
 
     async def stop(self) -> None:
+        # The counting loop also stops by this flag: redis-py can swallow a cancellation that
+        # arrives while a command is in flight, and the task would then go on forever (a
+        # shutdown that hung for good in a go-live page test).
+        self._stopping = True
         if self._counting is not None:
             self._counting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -523,7 +528,7 @@ class MediaHub:
         self._counting = asyncio.create_task(self._count_forever(), name="media-presence")
 
     async def _count_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.count_viewers()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
