@@ -163,28 +163,30 @@ class ApiClient:
         return body, token
 
 
+async def registered_user(http: aiohttp.ClientSession) -> tuple[str, str]:
+    """Through a running server's API: a new adult account, logged in; (user id, token)."""
+    name = f"u{uuid.uuid4().hex[:12]}"
+    async with http.post("/api/v1/auth/register", json={
+            "username": name, "password": PASSWORD, "birthdate": "1990-01-01"}) as r:
+        assert r.status == 201, await r.text()
+        uid = (await r.json())["id"]
+    async with http.post("/api/v1/auth/login",
+                         json={"username": name, "password": PASSWORD}) as r:
+        return uid, (await r.json())["token"]
+
+
 async def live_stream_with_viewers(base: str, pool: Any, *, viewers: int, coins: int,
                                    title: str) -> tuple[str, list[tuple[str, str]]]:
     """Through a running server's API: a creator's stream (set live in the database) and
     ``viewers`` logged-in users with ``coins`` granted each; (stream id, [(user id, token)])."""
     async with aiohttp.ClientSession(base) as http:
-        async def user() -> tuple[str, str]:
-            name = f"u{uuid.uuid4().hex[:12]}"
-            async with http.post("/api/v1/auth/register", json={
-                    "username": name, "password": PASSWORD, "birthdate": "1990-01-01"}) as r:
-                assert r.status == 201, await r.text()
-                uid = (await r.json())["id"]
-            async with http.post("/api/v1/auth/login",
-                                 json={"username": name, "password": PASSWORD}) as r:
-                return uid, (await r.json())["token"]
-
-        _, creator_token = await user()
+        _, creator_token = await registered_user(http)
         headers = {"Authorization": f"Bearer {creator_token}"}
         async with http.post("/api/v1/me/creator", headers=headers) as r:
             assert r.status == 200, await r.text()
         async with http.post("/api/v1/streams", headers=headers, json={"title": title}) as r:
             stream = (await r.json())["id"]
-        users = [await user() for _ in range(viewers)]
+        users = [await registered_user(http) for _ in range(viewers)]
     await pool.execute("UPDATE streams SET state = 'live', started_at = now() WHERE id = $1",
                        uuid.UUID(stream))
     for uid, _ in users:

@@ -29,6 +29,7 @@ const STATUS_LABELS = {
   disputed: "Disputed",
 };
 
+const { ApiError, api, showText, count, plural, money, minorDigits, when, newUuid } = LivecoreMoney;
 const el = (id) => document.getElementById(id);
 const accountEl = el("account");
 const meEl = el("me");
@@ -47,64 +48,12 @@ const returnId = (() => {
 })();
 
 let token = LivecoreSession.read();
+LivecoreMoney.useToken(() => token);
 let generation = 0; // bumps at each login and logout: answers for an older login are dropped
 let buying = false;
 let spending = null; // the latest GET/PUT /api/v1/me/spending
 
 // -- small helpers ----------------------------------------------------------------------------
-
-function showText(target, text) {
-  target.textContent = text;
-  target.hidden = !text;
-}
-
-function plural(count, one, many) {
-  return `${Number(count).toLocaleString("en-US")} ${count === 1 ? one : many}`;
-}
-
-function when(iso) {
-  return iso ? new Date(iso).toLocaleString() : "";
-}
-
-const formats = new Map();
-
-// Intl's currency format; its maximumFractionDigits is the currency's minor-unit exponent
-// (2 for USD and EUR, 0 for JPY), which turns minor units into major ones.
-function currencyFormat(currency) {
-  const code = String(currency || "").toUpperCase();
-  if (!formats.has(code)) {
-    let format = null;
-    try {
-      format = new Intl.NumberFormat("en-US", { style: "currency", currency: code });
-    } catch {
-      // Not a currency this browser knows: money() falls back to minor units.
-    }
-    formats.set(code, format);
-  }
-  return formats.get(code);
-}
-
-function minorDigits(currency) {
-  const format = currencyFormat(currency);
-  return format ? format.resolvedOptions().maximumFractionDigits : 0;
-}
-
-function money(minor, currency) {
-  const format = currencyFormat(currency);
-  if (!format) return `${minor} ${String(currency || "").toUpperCase()} (minor units)`;
-  return format.format(Number(minor) / 10 ** minorDigits(currency));
-}
-
-// crypto.randomUUID exists only in secure contexts (https, localhost); a self-hosted server
-// on plain http gets a version-4 UUID from getRandomValues, which works everywhere.
-function newUuid() {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[6] = (bytes[6] & 0x0f) | 0x40;
-  bytes[8] = (bytes[8] & 0x3f) | 0x80;
-  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
 
 const session = {
   get(key) {
@@ -141,38 +90,6 @@ const session = {
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
-class ApiError extends Error {
-  constructor(status, error, retryAfter) {
-    super(error.message || "");
-    this.status = status;
-    this.code = error.code || "";
-    this.detail = error;
-    this.retryAfter = retryAfter;
-  }
-}
-
-// One API call; resolves to the decoded body, rejects with an ApiError (status 0: the server
-// was not reached, so the outcome is unknown).
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(path, {
-      method, headers, cache: "no-store",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (error) {
-    throw new ApiError(0, { code: "network", message: `Could not reach the server: ${error.message}` });
-  }
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    throw new ApiError(response.status, data.error || {}, Number(response.headers.get("Retry-After")));
-  }
-  return data;
-}
-
 function describe(error) {
   if (!(error instanceof ApiError)) return error.message || "Something went wrong.";
   const detail = error.detail;
@@ -197,9 +114,7 @@ function describe(error) {
         `${wait ? ` Try again in ${plural(Math.ceil(wait), "second", "seconds")}.` : ""}`;
     }
     default:
-      if (error.status === 401) return "Your login has expired. Please log in again.";
-      if (error.status >= 500) return "The server is having trouble right now; try again shortly.";
-      return error.message || `The request failed (${error.status}).`;
+      return LivecoreMoney.describe(error);
   }
 }
 
@@ -256,7 +171,7 @@ async function loadWallet() {
   status.textContent = "";
   const coinsEl = el("wallet-coins");
   coinsEl.dataset.value = String(wallet.coins);
-  coinsEl.textContent = Number(wallet.coins).toLocaleString("en-US");
+  coinsEl.textContent = count(wallet.coins);
   const debt = Number(wallet.debt_coins || 0);
   const notice = el("debt-notice");
   notice.dataset.owed = String(debt);
@@ -554,18 +469,12 @@ function purchaseRow(purchase) {
   const cells = [
     [when(purchase.created_at), "time"],
     [purchase.package, ""],
-    [Number(purchase.coins).toLocaleString("en-US"), "num"],
+    [count(purchase.coins), "num"],
     [money(purchase.amount_minor, purchase.currency), "num"],
     [STATUS_LABELS[purchase.status] || purchase.status, "status"],
     [notes.join("; "), "notes"],
   ];
-  for (const [text, className] of cells) {
-    const cell = document.createElement("td");
-    if (className) cell.className = className;
-    cell.textContent = text;
-    row.append(cell);
-  }
-  return row;
+  return LivecoreMoney.cellsRow(row, cells);
 }
 
 async function loadHistory() {
@@ -599,23 +508,11 @@ function start() {
   if (returnId !== null) followPurchase(returnId);
 }
 
-loginForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = new FormData(loginForm);
-  const submit = el("login-submit");
-  submit.disabled = true;
-  showText(loginError, "");
-  try {
-    token = await LivecoreSession.logIn(form.get("username"), form.get("password"));
-    generation += 1;
-    el("login-password").value = "";
-    showText(buyError, "");
-    start();
-  } catch (error) {
-    showText(loginError, error.message);
-  } finally {
-    submit.disabled = false;
-  }
+LivecoreMoney.wireLogin(loginForm, (value) => {
+  token = value;
+  generation += 1;
+  showText(buyError, "");
+  start();
 });
 
 el("logout").addEventListener("click", () => {

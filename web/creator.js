@@ -10,11 +10,11 @@
 "use strict";
 
 const PAYOUT_KEY = "livecore.payout";
-const SVG_NS = "http://www.w3.org/2000/svg";
 const DAY_MS = 86400000;
 const MAX_DAYS_CHARTED = 366;
 const PAYOUT_LABELS = { pending: "Pending", paid: "Paid", failed: "Failed" };
 
+const { ApiError, api, showText, count, plural, money, when, newUuid } = LivecoreMoney;
 const el = (id) => document.getElementById(id);
 const accountEl = el("account");
 const meEl = el("me");
@@ -30,51 +30,16 @@ const payoutError = el("payout-error");
 const payoutResult = el("payout-result");
 
 let token = LivecoreSession.read();
+LivecoreMoney.useToken(() => token);
 let generation = 0;
 let earnings = null; // the latest GET /api/v1/me/earnings
 let requesting = false;
 
 // -- small helpers ----------------------------------------------------------------------------
 
-function showText(target, text) {
-  target.textContent = text;
-  target.hidden = !text;
-}
-
-function count(value) {
-  return Number(value).toLocaleString("en-US");
-}
-
-function plural(value, one, many) {
-  return `${count(value)} ${value === 1 ? one : many}`;
-}
-
-function when(iso) {
-  return iso ? new Date(iso).toLocaleString() : "";
-}
-
-function money(minor, currency) {
-  const code = String(currency || "").toUpperCase();
-  try {
-    const format = new Intl.NumberFormat("en-US", { style: "currency", currency: code });
-    return format.format(Number(minor) / 10 ** format.resolvedOptions().maximumFractionDigits);
-  } catch {
-    return `${minor} ${code} (minor units)`;
-  }
-}
-
 // What `diamonds` are worth, rounded down as the server does (docs/payments.md).
 function diamondsValue(diamonds) {
   return Math.floor((diamonds * earnings.minor_per_100_diamonds) / 100);
-}
-
-function newUuid() {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[6] = (bytes[6] & 0x0f) | 0x40;
-  bytes[8] = (bytes[8] & 0x3f) | 0x80;
-  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 function stored() {
@@ -92,32 +57,6 @@ function store(value) {
   } catch {
     // Storage is disabled: a retry after a reload then sends a new payout id.
   }
-}
-
-class ApiError extends Error {
-  constructor(status, error) {
-    super(error.message || "");
-    this.status = status;
-    this.code = error.code || "";
-    this.detail = error;
-  }
-}
-
-async function api(method, path, body) {
-  const headers = { Accept: "application/json", Authorization: `Bearer ${token}` };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(path, {
-      method, headers, cache: "no-store",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (error) {
-    throw new ApiError(0, { code: "network", message: `Could not reach the server: ${error.message}` });
-  }
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, data.error || {});
-  return data;
 }
 
 function describe(error) {
@@ -140,9 +79,7 @@ function describe(error) {
     case "wrong_password":
       return "That is not your password, so the payout account was not changed.";
     default:
-      if (error.status === 401) return "Your login has expired. Please log in again.";
-      if (error.status >= 500) return "The server is having trouble right now; try again shortly.";
-      return error.message || `The request failed (${error.status}).`;
+      return LivecoreMoney.describe(error);
   }
 }
 
@@ -233,84 +170,24 @@ function everyDay(daily) {
   return filled;
 }
 
-function svg(name, attributes = {}, text = null) {
-  const node = document.createElementNS(SVG_NS, name);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
-  if (text !== null) node.textContent = text;
-  return node;
-}
-
-function niceMax(value) {
-  if (value <= 0) return 1;
-  const step = 10 ** Math.floor(Math.log10(value));
-  for (const factor of [1, 2, 2.5, 5, 10]) {
-    if (factor * step >= value) return factor * step;
-  }
-  return 10 * step;
-}
-
 function chart(days) {
-  const width = 640;
-  const height = 240;
-  const margin = { top: 12, right: 12, bottom: 44, left: 56 };
-  const plotW = width - margin.left - margin.right;
-  const plotH = height - margin.top - margin.bottom;
   const total = days.reduce((sum, d) => sum + d.diamonds, 0);
-  const top = niceMax(Math.max(0, ...days.map((d) => d.diamonds)));
-  const root = svg("svg", {
-    viewBox: `0 0 ${width} ${height}`, class: "bars", role: "img",
-    "aria-label": total
+  return LivecoreMoney.barChart({
+    items: days,
+    valueOf: (day) => day.diamonds,
+    title: "Diamonds earned per day",
+    ariaLabel: total
       ? `Diamonds earned per day: ${count(total)} over ${plural(days.length, "day", "days")}`
       : "Diamonds earned per day: no earnings yet",
+    yLabel: "diamonds",
+    xLabel: "day (UTC)",
+    emptyText: "No earnings yet",
+    empty: total === 0,
+    marginLeft: 56,
+    barData: (day) => ({ "data-day": day.day, "data-diamonds": day.diamonds }),
+    barTitle: (day) => `${day.day}: ${plural(day.diamonds, "diamond", "diamonds")}`,
+    tickOf: (day) => day.day.slice(5),
   });
-  root.append(svg("title", {}, "Diamonds earned per day"));
-
-  // The y axis: gridlines and labels at 0, ½ and the top.
-  for (const fraction of [0, 0.5, 1]) {
-    const y = margin.top + plotH * (1 - fraction);
-    root.append(svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: y, y2: y }));
-    root.append(svg("text", { class: "tick", x: margin.left - 6, y: y + 4, "text-anchor": "end" },
-      count(Math.round(top * fraction * 100) / 100)));
-  }
-  root.append(svg("text", {
-    class: "axis-label", transform: `translate(14 ${margin.top + plotH / 2}) rotate(-90)`,
-    "text-anchor": "middle",
-  }, "diamonds"));
-  root.append(svg("text", {
-    class: "axis-label", x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle",
-  }, "day (UTC)"));
-
-  if (total === 0) {
-    root.append(svg("text", {
-      class: "empty", x: margin.left + plotW / 2, y: margin.top + plotH / 2, "text-anchor": "middle",
-    }, "No earnings yet"));
-    return root;
-  }
-  const slot = plotW / days.length;
-  const barW = Math.max(1, Math.min(48, slot * 0.8));
-  const labelEvery = Math.max(1, Math.ceil(days.length / 8));
-  days.forEach((day, index) => {
-    const barH = (day.diamonds / top) * plotH;
-    const x = margin.left + slot * index + (slot - barW) / 2;
-    const rect = svg("rect", {
-      class: "bar", x: x.toFixed(1), y: (margin.top + plotH - barH).toFixed(1),
-      width: barW.toFixed(1), height: barH.toFixed(1),
-      "data-day": day.day, "data-diamonds": day.diamonds,
-    });
-    rect.append(svg("title", {}, `${day.day}: ${plural(day.diamonds, "diamond", "diamonds")}`));
-    root.append(rect);
-    if (index % labelEvery === 0 || index === days.length - 1) {
-      root.append(svg("text", {
-        class: "tick", x: (margin.left + slot * index + slot / 2).toFixed(1),
-        y: margin.top + plotH + 16, "text-anchor": "middle",
-      }, day.day.slice(5)));
-    }
-  });
-  root.append(svg("line", {
-    class: "axis", x1: margin.left, x2: width - margin.right,
-    y1: margin.top + plotH, y2: margin.top + plotH,
-  }));
-  return root;
 }
 
 async function loadEarnings() {
@@ -380,13 +257,7 @@ function payoutRow(payout) {
     [payout.transfer_id || payout.failure || "", payout.transfer_id ? "id" : "notes"],
     [when(payout.resolved_at), "time"],
   ];
-  for (const [text, className] of cells) {
-    const cell = document.createElement("td");
-    cell.className = className;
-    cell.textContent = text;
-    row.append(cell);
-  }
-  return row;
+  return LivecoreMoney.cellsRow(row, cells);
 }
 
 async function loadPayouts() {
@@ -496,22 +367,10 @@ async function start() {
   loadPayouts();
 }
 
-loginForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = new FormData(loginForm);
-  const submit = el("login-submit");
-  submit.disabled = true;
-  showText(loginError, "");
-  try {
-    token = await LivecoreSession.logIn(form.get("username"), form.get("password"));
-    generation += 1;
-    el("login-password").value = "";
-    start();
-  } catch (error) {
-    showText(loginError, error.message);
-  } finally {
-    submit.disabled = false;
-  }
+LivecoreMoney.wireLogin(loginForm, (value) => {
+  token = value;
+  generation += 1;
+  start();
 });
 
 el("logout").addEventListener("click", () => {

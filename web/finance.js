@@ -9,8 +9,9 @@ const KINDS = ["wallet", "earnings", "platform", "promotions", "sales", "debt",
   "payouts_pending", "payouts_paid"];
 const JOURNAL_PAGE = 50;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const SVG_NS = "http://www.w3.org/2000/svg";
 
+const { ApiError, showText, utcTime, utcMinute, shortId, money, cellsRow } = LivecoreMoney;
+const coins = LivecoreMoney.count;
 const el = (id) => document.getElementById(id);
 const accountEl = el("account");
 const logoutButton = el("logout");
@@ -27,6 +28,7 @@ const csvButton = el("csv-button");
 const csvLink = el("csv-link");
 
 let token = LivecoreSession.read();
+LivecoreMoney.useToken(() => token);
 let journalCursor = null;
 const csvUrls = new Map(); // CSV link -> the object URL it offers
 let purchasesCursor = null;
@@ -39,43 +41,12 @@ function storeToken(value) {
   LivecoreSession.write(value);
 }
 
-function showText(target, text) {
-  target.textContent = text;
-  target.hidden = !text;
-}
-
-function coins(value) {
-  return Number(value).toLocaleString("en-US");
-}
-
-function utcMinute(iso) {
-  return iso ? new Date(iso).toISOString().slice(11, 16) : "";
-}
-
-function utcTime(iso) {
-  return iso ? new Date(iso).toISOString().slice(0, 19).replace("T", " ") : "";
-}
-
-function shortId(value) {
-  return value ? value.slice(0, 8) : "";
-}
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
 function describe(error) {
   if (!(error instanceof ApiError)) return `Could not reach the server: ${error.message}`;
   if (error.status === 403 && error.code === "forbidden_role") {
     return "Your account does not have the finance role, so it cannot see this page.";
   }
   switch (error.status) {
-    case 401:
-      return "Your login has expired. Please log in again.";
     case 403:
       return "You are not allowed to see this.";
     case 404:
@@ -83,26 +54,12 @@ function describe(error) {
     case 429:
       return "Too many requests; wait a moment and try again.";
     default:
-      if (error.status >= 500) return "The server is having trouble right now; try again shortly.";
-      return error.message || `The request failed (${error.status}).`;
+      return LivecoreMoney.describe(error);
   }
-}
-
-async function request(path, { accept = "application/json" } = {}) {
-  const response = await fetch(path, {
-    headers: { Accept: accept, Authorization: `Bearer ${token}` },
-    cache: "no-store",
-  });
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    const error = body.error || {};
-    throw new ApiError(response.status, error.code || "", error.message || "");
-  }
-  return response;
 }
 
 async function getJson(path) {
-  return (await request(path)).json();
+  return (await LivecoreMoney.request("GET", path)).json();
 }
 
 // An error that means "this account cannot use the page at all" replaces the whole page.
@@ -264,82 +221,20 @@ async function loadStatement(streamId) {
   box.hidden = false;
 }
 
-function svg(name, attributes = {}, text = null) {
-  const node = document.createElementNS(SVG_NS, name);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
-  if (text !== null) node.textContent = text;
-  return node;
-}
-
-function niceMax(value) {
-  if (value <= 0) return 1;
-  const step = 10 ** Math.floor(Math.log10(value));
-  for (const factor of [1, 2, 2.5, 5, 10]) {
-    if (factor * step >= value) return factor * step;
-  }
-  return 10 * step;
-}
-
 function chart(minutes) {
-  const width = 640;
-  const height = 240;
-  const margin = { top: 12, right: 12, bottom: 44, left: 52 };
-  const plotW = width - margin.left - margin.right;
-  const plotH = height - margin.top - margin.bottom;
-  const top = niceMax(Math.max(0, ...minutes.map((m) => m.coins)));
-  const root = svg("svg", {
-    viewBox: `0 0 ${width} ${height}`, class: "bars", role: "img",
-    "aria-label": `Coins per minute: ${minutes.length} minute(s) with gifts`,
+  return LivecoreMoney.barChart({
+    items: minutes,
+    valueOf: (minute) => minute.coins,
+    title: "Coins per minute",
+    ariaLabel: `Coins per minute: ${minutes.length} minute(s) with gifts`,
+    yLabel: "coins",
+    xLabel: "minute (UTC)",
+    emptyText: "No gifts yet",
+    barData: (minute) => ({ "data-minute": minute.minute, "data-coins": minute.coins }),
+    barTitle: (minute) =>
+      `${utcMinute(minute.minute)} UTC: ${coins(minute.coins)} coins from ${minute.gifts} gift(s)`,
+    tickOf: (minute) => utcMinute(minute.minute),
   });
-  root.append(svg("title", {}, "Coins per minute"));
-
-  // The y axis: gridlines and labels at 0, ½ and the top.
-  for (const fraction of [0, 0.5, 1]) {
-    const y = margin.top + plotH * (1 - fraction);
-    root.append(svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: y, y2: y }));
-    root.append(svg("text", { class: "tick", x: margin.left - 6, y: y + 4, "text-anchor": "end" },
-      coins(Math.round(top * fraction * 100) / 100)));
-  }
-  root.append(svg("text", {
-    class: "axis-label", transform: `translate(14 ${margin.top + plotH / 2}) rotate(-90)`,
-    "text-anchor": "middle",
-  }, "coins"));
-  root.append(svg("text", {
-    class: "axis-label", x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle",
-  }, "minute (UTC)"));
-
-  if (minutes.length === 0) {
-    root.append(svg("text", {
-      class: "empty", x: margin.left + plotW / 2, y: margin.top + plotH / 2, "text-anchor": "middle",
-    }, "No gifts yet"));
-    return root;
-  }
-  const slot = plotW / minutes.length;
-  const barW = Math.max(1, Math.min(48, slot * 0.8));
-  const labelEvery = Math.max(1, Math.ceil(minutes.length / 8));
-  minutes.forEach((minute, index) => {
-    const barH = (minute.coins / top) * plotH;
-    const x = margin.left + slot * index + (slot - barW) / 2;
-    const rect = svg("rect", {
-      class: "bar", x: x.toFixed(1), y: (margin.top + plotH - barH).toFixed(1),
-      width: barW.toFixed(1), height: barH.toFixed(1),
-      "data-minute": minute.minute, "data-coins": minute.coins,
-    });
-    rect.append(svg("title", {},
-      `${utcMinute(minute.minute)} UTC: ${coins(minute.coins)} coins from ${minute.gifts} gift(s)`));
-    root.append(rect);
-    if (index % labelEvery === 0 || index === minutes.length - 1) {
-      root.append(svg("text", {
-        class: "tick", x: (margin.left + slot * index + slot / 2).toFixed(1),
-        y: margin.top + plotH + 16, "text-anchor": "middle",
-      }, utcMinute(minute.minute)));
-    }
-  });
-  root.append(svg("line", {
-    class: "axis", x1: margin.left, x2: width - margin.right,
-    y1: margin.top + plotH, y2: margin.top + plotH,
-  }));
-  return root;
 }
 
 // -- journal ----------------------------------------------------------------------------------
@@ -375,14 +270,7 @@ function journalRow(entry) {
     [shortId(entry.stream_id), "id", entry.stream_id],
     [entry.memo || "", "memo"],
   ];
-  for (const [text, className, full] of cells) {
-    const cell = document.createElement("td");
-    if (className) cell.className = className;
-    if (full) cell.title = full;
-    cell.textContent = text;
-    row.append(cell);
-  }
-  return row;
+  return cellsRow(row, cells);
 }
 
 async function loadJournal({ more = false } = {}) {
@@ -416,7 +304,7 @@ async function downloadCsv({ path, filename, button, link, status }) {
   status.dataset.state = "";
   status.textContent = "Preparing the CSV…";
   try {
-    const response = await request(path, { accept: "text/csv" });
+    const response = await LivecoreMoney.request("GET", path, { accept: "text/csv" });
     let blob;
     try {
       blob = await response.blob();
@@ -449,32 +337,11 @@ async function downloadCsv({ path, filename, button, link, status }) {
 
 const PAGE = 50;
 
-function money(minor, currency) {
-  const code = String(currency || "").toUpperCase();
-  try {
-    const format = new Intl.NumberFormat("en-US", { style: "currency", currency: code });
-    return format.format(Number(minor) / 10 ** format.resolvedOptions().maximumFractionDigits);
-  } catch {
-    return `${minor} ${code} (minor units)`;
-  }
-}
-
 function statusFilter(selectId) {
   const params = new URLSearchParams();
   const value = el(selectId).value;
   if (value) params.set("status", value);
   return params;
-}
-
-function cellsRow(row, cells) {
-  for (const [text, className, full] of cells) {
-    const cell = document.createElement("td");
-    if (className) cell.className = className;
-    if (full) cell.title = full;
-    cell.textContent = text;
-    row.append(cell);
-  }
-  return row;
 }
 
 function purchaseRow(purchase) {
@@ -624,21 +491,9 @@ async function start() {
   loadDebts();
 }
 
-loginForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = new FormData(loginForm);
-  const submit = el("login-submit");
-  submit.disabled = true;
-  showText(loginError, "");
-  try {
-    token = await LivecoreSession.logIn(form.get("username"), form.get("password"));
-    el("login-password").value = "";
-    start();
-  } catch (error) {
-    showText(loginError, error.message);
-  } finally {
-    submit.disabled = false;
-  }
+LivecoreMoney.wireLogin(loginForm, (value) => {
+  token = value;
+  start();
 });
 
 logoutButton.addEventListener("click", () => {

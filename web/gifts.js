@@ -1,7 +1,7 @@
 // The watch page's gift panel: the catalogue as buttons, a quantity, the wallet's balance and
-// a link to buy coins. A classic script loaded after room.js, whose globals it reads (token,
-// me, streamId, creatorId, el, plural, storeToken, renderAccount); its own names stay inside
-// LivecoreGifts so that they cannot collide with watch.js's.
+// a link to buy coins. A classic script loaded after money.js and room.js, whose globals it
+// reads (LivecoreMoney; token, me, streamId, creatorId, el, plural, storeToken, renderAccount);
+// its own names stay inside LivecoreGifts so that they cannot collide with watch.js's.
 //
 // A gift is sent with POST /api/v1/gifts under an id chosen here (crypto.randomUUID()): the
 // server commits a gift id at most once and answers a repeat with the original outcome, so a
@@ -38,10 +38,7 @@ const LivecoreGifts = (() => {
 
   // -- helpers --------------------------------------------------------------------------------
 
-  function showText(target, text) {
-    target.textContent = text;
-    target.hidden = !text;
-  }
+  const { showText } = LivecoreMoney;
 
   function showError(text, { buyCoins = false } = {}) {
     showText(errorEl, text);
@@ -51,8 +48,7 @@ const LivecoreGifts = (() => {
 
   // "1 coin", "29,999 coins".
   function coinsText(count) {
-    const n = Number(count);
-    return `${n.toLocaleString("en-US")} ${n === 1 ? "coin" : "coins"}`;
+    return LivecoreMoney.plural(count, "coin", "coins");
   }
 
   function authHeaders() {

@@ -7,6 +7,7 @@
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+const { api, showText, count, money } = LivecoreMoney;
 const el = (id) => document.getElementById(id);
 const loginForm = el("login-form");
 const loginError = el("login-error");
@@ -27,43 +28,12 @@ const purchaseId = (() => {
 const returnUrl = purchaseId ? `/coins?purchase=${encodeURIComponent(purchaseId)}` : "/coins";
 
 let token = LivecoreSession.read();
+LivecoreMoney.useToken(() => token);
 let busy = false;
-
-function showText(target, text) {
-  target.textContent = text;
-  target.hidden = !text;
-}
 
 function setStatus(state, text) {
   statusEl.dataset.state = state;
   statusEl.textContent = text;
-}
-
-function money(minor, currency) {
-  const code = String(currency || "").toUpperCase();
-  try {
-    const format = new Intl.NumberFormat("en-US", { style: "currency", currency: code });
-    return format.format(Number(minor) / 10 ** format.resolvedOptions().maximumFractionDigits);
-  } catch {
-    return `${minor} ${code} (minor units)`;
-  }
-}
-
-async function api(method, path, body) {
-  const headers = { Accept: "application/json", Authorization: `Bearer ${token}` };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(path, {
-      method, headers, cache: "no-store",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (error) {
-    return { status: 0, error: { message: `Could not reach the server: ${error.message}` } };
-  }
-  const data = await response.json().catch(() => ({}));
-  return response.ok ? { status: response.status, data }
-    : { status: response.status, error: data.error || {} };
 }
 
 function setButtons(enabled) {
@@ -93,19 +63,20 @@ async function load() {
     return;
   }
   loginForm.hidden = true;
-  const answer = await api("GET", `/api/v1/purchases/${encodeURIComponent(purchaseId)}`);
-  if (answer.status === 401) {
-    expired();
+  let purchase;
+  try {
+    purchase = await api("GET", `/api/v1/purchases/${encodeURIComponent(purchaseId)}`);
+  } catch (error) {
+    if (error.status === 401) {
+      expired();
+      return;
+    }
+    setStatus("error", error.status === 404 ? "There is no such purchase on this account."
+      : error.message || `Could not load the purchase (${error.status}).`);
     return;
   }
-  if (answer.error) {
-    setStatus("error", answer.status === 404 ? "There is no such purchase on this account."
-      : answer.error.message || `Could not load the purchase (${answer.status}).`);
-    return;
-  }
-  const purchase = answer.data;
   el("pay-package").textContent = purchase.package;
-  el("pay-coins").textContent = Number(purchase.coins).toLocaleString("en-US");
+  el("pay-coins").textContent = count(purchase.coins);
   el("pay-amount").textContent = money(purchase.amount_minor, purchase.currency);
   el("pay-amount").dataset.minor = String(purchase.amount_minor);
   el("order").hidden = false;
@@ -127,18 +98,22 @@ async function settle(outcome) {
   setButtons(false);
   showText(payError, "");
   setStatus("working", outcome === "pay" ? "Paying…" : "Declining…");
-  const answer = await api("POST", `/api/v1/test-payments/${encodeURIComponent(purchaseId)}`,
-    { outcome });
+  let failure = null;
+  try {
+    await api("POST", `/api/v1/test-payments/${encodeURIComponent(purchaseId)}`, { outcome });
+  } catch (error) {
+    failure = error;
+  }
   busy = false;
-  if (answer.status === 401) {
+  if (failure && failure.status === 401) {
     expired();
     return;
   }
-  if (answer.error && answer.status !== 409) {
+  if (failure && failure.status !== 409) {
     // 409: decided already (another tab, say): /coins shows how.
     setStatus("error", "The test payment was not completed.");
-    showText(payError, answer.error.message || `The request failed (${answer.status}).`);
-    setButtons(answer.status === 0 || answer.status >= 500);
+    showText(payError, failure.message || `The request failed (${failure.status}).`);
+    setButtons(failure.status === 0 || failure.status >= 500);
     return;
   }
   setStatus("done", "Done; going back to your coins…");
@@ -148,21 +123,9 @@ async function settle(outcome) {
 payButton.addEventListener("click", () => settle("pay"));
 declineButton.addEventListener("click", () => settle("decline"));
 
-loginForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = new FormData(loginForm);
-  const submit = el("login-submit");
-  submit.disabled = true;
-  showText(loginError, "");
-  try {
-    token = await LivecoreSession.logIn(form.get("username"), form.get("password"));
-    el("login-password").value = "";
-    await load();
-  } catch (error) {
-    showText(loginError, error.message);
-  } finally {
-    submit.disabled = false;
-  }
+LivecoreMoney.wireLogin(loginForm, async (value) => {
+  token = value;
+  await load();
 });
 
 // Back here with the browser's back button (restored from the back-forward cache): ask

@@ -18,20 +18,13 @@ from ledger.batcher import grant
 from tests.conftest import Backend
 from tests.processes import BIN, Background, environment, free_port, run
 from tests.stripe_fake import FakeStripe
-from tests.support import PASSWORD
+from tests.support import PASSWORD, registered_user
 
 pytestmark = pytest.mark.e2e
 
 
 async def _user(http: aiohttp.ClientSession) -> tuple[str, dict[str, str]]:
-    name = f"u{uuid.uuid4().hex[:12]}"
-    async with http.post("/api/v1/auth/register", json={
-            "username": name, "password": PASSWORD, "birthdate": "1990-01-01"}) as response:
-        assert response.status == 201, await response.text()
-        user_id = (await response.json())["id"]
-    async with http.post("/api/v1/auth/login",
-                         json={"username": name, "password": PASSWORD}) as response:
-        token = (await response.json())["token"]
+    user_id, token = await registered_user(http)
     return user_id, {"Authorization": f"Bearer {token}"}
 
 
