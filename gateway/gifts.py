@@ -62,6 +62,7 @@ from livecore.economy import (
 from livecore.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from livecore.ids import StreamId
 from livecore.streams import Stream, StreamState
+from livecore.times import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def gift_json(outcome: GiftOutcome, gift: GiftType | None, combo: int | None) ->
         "gift": order.gift_slug,
         "quantity": order.quantity,
         "coins": order.price,
-        "created_at": outcome.created_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": iso_time(outcome.created_at),
         "replayed": not outcome.is_new,
     }
     if combo is not None:

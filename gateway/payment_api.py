@@ -16,7 +16,7 @@ from ledger.payments import Purchase
 from ledger.providers import InvalidSignature
 from livecore.accounts import Permission
 from livecore.errors import BadRequest, NotFound, ServiceUnavailable
-from livecore.ids import parse_uuid_field
+from livecore.ids import parse_uuid, parse_uuid_field
 from livecore.payments import METHODS, CoinPackage
 from livecore.schemas import UUID, Schema
 
@@ -179,13 +179,6 @@ PAYOUTS: Schema = {
 }
 
 
-def _pathparse_uuid_field(call: Call, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(call.request.match_info[name])
-    except ValueError:
-        raise NotFound(f"No such {name.removesuffix('_id')}.") from None
-
-
 # -- packages and purchases -----------------------------------------------------------------
 
 
@@ -223,8 +216,12 @@ async def create_purchase(call: Call) -> web.StreamResponse:
     return json_response(_purchase_json(call, purchase), status=201 if is_new else 200)
 
 
+def _purchase_id(call: Call) -> uuid.UUID:
+    return parse_uuid(call.request.match_info["purchase_id"], what="purchase")
+
+
 async def _own_purchase(call: Call) -> Purchase:
-    purchase = await call.services.purchases.get(_pathparse_uuid_field(call, "purchase_id"))
+    purchase = await call.services.purchases.get(_purchase_id(call))
     if purchase.user_id != call.account.id:
         raise NotFound("No such purchase.", code="purchase_not_found")
     return purchase
@@ -241,7 +238,7 @@ async def my_purchases(call: Call) -> web.StreamResponse:
 
 async def test_payment(call: Call) -> web.StreamResponse:
     purchase = await call.services.purchases.complete_test_payment(
-        call.account, _pathparse_uuid_field(call, "purchase_id"), call.body["outcome"] == "pay")
+        call.account, _purchase_id(call), call.body["outcome"] == "pay")
     return json_response(_purchase_json(call, purchase))
 
 

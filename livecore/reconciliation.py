@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from livecore.times import iso_time
+
 #: The parts of a stream's projection a comparison names (``ledger.projection.Difference``).
 PARTS = ("totals", "goal", "creator_board", "weekly_board")
 #: At most this many findings are kept in a stored report (the counts are always complete).
@@ -58,10 +60,6 @@ class Finding:
                    int(data["ledger"]["gifts"]), bool(data["repaired"]))
 
 
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class Report:
     """One reconciliation pass: when, by whom, how many streams, what differed."""
@@ -100,7 +98,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
+            "started_at": iso_time(self.started_at), "finished_at": iso_time(self.finished_at),
             "duration_ms": round((self.finished_at - self.started_at).total_seconds() * 1000),
             "worker": self.worker, "streams_checked": self.streams_checked,
             "differences_found": self.differences_found,

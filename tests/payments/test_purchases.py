@@ -141,6 +141,8 @@ async def test_purchases_are_private(api: ApiClient) -> None:
     assert response.status == 404, body
     response, body = await api.request("GET", path, token=owner)
     assert response.status == 200 and body["status"] == "pending"
+    response, body = await api.request("GET", "/api/v1/purchases/not-a-uuid", token=owner)
+    assert (response.status, body["error"]["code"]) == (404, "purchase_not_found")
 
 
 async def test_minors_can_neither_buy_coins_nor_send_gifts(
