@@ -15,7 +15,10 @@ by tests/media.
 A new viewer starts on a keyframe (its video waits for one, and the publisher is asked for
 one); a viewer's keyframe request (PLI) is passed on to the publisher, at most once per
 :data:`PLI_INTERVAL_S`. The stream goes live when the publisher's first media arrives and ends
-:data:`GRACE_S` after the publisher leaves, unless it comes back meanwhile.
+:data:`GRACE_S` after the publisher leaves, unless it comes back meanwhile. That timer lives in
+this process: while it holds a publisher (or waits for it) the process renews the stream's media
+lease in PostgreSQL, and :func:`end_lapsed_streams` (at start-up, and from the worker) ends the
+live streams whose lease has lapsed, those of a node that was killed.
 
 The sessions live in this process: run one serving process (``LIVECORE_PROCESSES=1``) for
 media until sessions are routed between processes.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fractions
 import hmac
 import logging
@@ -54,10 +58,11 @@ from aiortc.sdp import candidate_from_sdp
 
 from gateway import auth
 from gateway.api import STREAM_ENDED_KEY, publish_state
-from gateway.hls import TARGET_DURATION_S, HlsOutput
+from gateway.hls import TARGET_DURATION_S, HlsOutput, write_replay
 from gateway.http import error_response
 from gateway.hub import NODE_TTL_S, PRESENCE_INTERVAL_S
 from gateway.services import Services, utc_now
+from ledger import postgres
 from livecore.errors import ClientError, Conflict, LivecoreError, NotFound, Unauthenticated
 from livecore.ids import StreamId
 from livecore.media import (
@@ -66,6 +71,7 @@ from livecore.media import (
     MalformedSdp,
     OfferSummary,
     answer_video_codec,
+    check_codecs,
     is_keyframe,
     parse_trickle,
     summarize_offer,
@@ -165,6 +171,11 @@ class ViewerTrack(MediaStreamTrack):
         self._until_keyframe = False
         self._queue.put_nowait(packet)
 
+    @property
+    def wants_keyframe(self) -> bool:
+        """A video track that waits for a keyframe before it forwards anything."""
+        return self._until_keyframe and self.readyState == "live"
+
     def finish(self) -> None:
         self._queue.put_nowait(None)
 
@@ -192,16 +203,37 @@ class Broadcast:
         self.live = False
         self.audio = False  # the publisher offered audio (HLS then carries it)
         self.hls_ok = True
-        self._last_pli = 0.0
+        self._last_pli = float("-inf")
+        self._pli_later: asyncio.TimerHandle | None = None
         self._last_key = time.monotonic()
         self._end_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe (a PLI), at most once per PLI_INTERVAL_S."""
+        """Ask the publisher for a keyframe (a PLI), at most once per PLI_INTERVAL_S.
+
+        A request within the interval is not dropped: it is sent when the interval is over,
+        if a viewer still waits for a keyframe then. Otherwise a viewer who joined just after
+        the last requested keyframe arrived would wait for the publisher's next one of its own
+        accord (seconds), while one who joined before it got it at once."""
         now = time.monotonic()
+        if self.video_receiver is None or self.video_ssrc is None:
+            return
+        wait = self._last_pli + PLI_INTERVAL_S - now
+        if wait <= 0:
+            self._send_pli(now)
+        elif self._pli_later is None:
+            self._pli_later = asyncio.get_running_loop().call_later(wait, self._pli_if_waiting)
+
+    def _pli_if_waiting(self) -> None:
+        self._pli_later = None
+        if any(track.wants_keyframe for _, tracks in self.viewers.values()
+               for track in tracks.values()):
+            self._send_pli(time.monotonic())
+
+    def _send_pli(self, now: float) -> None:
         receiver, ssrc = self.video_receiver, self.video_ssrc
-        if receiver is None or ssrc is None or now - self._last_pli < PLI_INTERVAL_S:
+        if receiver is None or ssrc is None:
             return
         self._last_pli = now
         self._spawn(receiver._send_rtcp_pli(ssrc))
@@ -277,6 +309,18 @@ class Broadcast:
             self._end_timer.cancel()
             self._end_timer = None
 
+    @property
+    def is_held(self) -> bool:
+        """This node holds the stream's publisher, or waits for it to come back."""
+        return self.publisher is not None or self._end_timer is not None
+
+    def close(self) -> None:
+        """Nothing more to time: the broadcast is over in this process."""
+        self.cancel_end()
+        if self._pli_later is not None:
+            self._pli_later.cancel()
+            self._pli_later = None
+
     def end_later(self, delay: float) -> None:
         self.cancel_end()
         self._end_timer = asyncio.get_running_loop().call_later(
@@ -309,6 +353,7 @@ class MediaHub:
         self.node_id = node_id
         self._counted: dict[StreamId, int] = {}
         self._counting: asyncio.Task[None] | None = None
+        self._leasing: asyncio.Task[None] | None = None
         self._stopping = False
         self.broadcasts: dict[StreamId, Broadcast] = {}
         self.sessions: dict[str, Session] = {}
@@ -319,6 +364,7 @@ class MediaHub:
 
     async def publish(self, stream_id: StreamId, offer_sdp: str) -> tuple[Session, str]:
         offer = summarize_offer(offer_sdp)
+        check_codecs(offer, [name.split("/", 1)[1] for name in VIDEO_CODECS])
         broadcast = self.broadcasts.get(stream_id)
         if broadcast is not None and broadcast.publisher is not None:
             raise Conflict("This stream already has a publisher.", code="already_live")
@@ -345,11 +391,7 @@ class MediaHub:
                 broadcast.video_ssrc = offer.video_ssrc
             broadcast._spawn(broadcast.pump(track))
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                await self.leave(session)
-
+        self._watch_connection(session)
         answer = await self._answer(pc, offer_sdp)
         # Known from the answer, before any frame: a viewer joining at once gets this codec.
         broadcast.video_codec = answer_video_codec(answer) or broadcast.video_codec
@@ -357,6 +399,7 @@ class MediaHub:
         broadcast.publisher = session
         broadcast.cancel_end()
         self.sessions[session.id] = session
+        await self._renew([stream_id])
         return session, answer
 
     async def went_live(self, broadcast: Broadcast) -> None:
@@ -368,6 +411,7 @@ class MediaHub:
             if stream.state is StreamState.CREATED:
                 stream = await self.services.streams.transition(stream.id, StreamEvent.START,
                                                                 utc_now())
+                await self._renew([stream.id])
                 await publish_state(self.services, stream)
                 log.info("stream live", extra={"stream_id": str(stream.id)})
         except Conflict:  # ended between the WHIP request and its first media
@@ -391,6 +435,7 @@ class MediaHub:
         if broadcast.publisher is not None:
             return
         self.broadcasts.pop(broadcast.stream_id, None)
+        broadcast.close()
         self.hls.finish(broadcast.stream_id)
         for session, tracks in list(broadcast.viewers.values()):
             for track in tracks.values():
@@ -412,6 +457,9 @@ class MediaHub:
         if broadcast is None or broadcast.publisher is None or not broadcast.live:
             raise Conflict("The stream is not live: nothing to watch yet.",
                            code="stream_not_live")
+        # Frames are forwarded as the publisher sends them: the viewer must take that codec.
+        check_codecs(offer, [broadcast.video_codec] if broadcast.video_codec is not None
+                     else [name.split("/", 1)[1] for name in VIDEO_CODECS])
         pc = RTCPeerConnection(self.rtc_configuration())
         session = Session(secrets.token_urlsafe(18), "whep", broadcast, pc, offer)
         tracks: dict[str, ViewerTrack] = {}
@@ -429,11 +477,7 @@ class MediaHub:
                 # The viewer's keyframe requests go to the publisher (nothing is encoded here).
                 transceiver.sender._send_keyframe = broadcast.request_keyframe  # type: ignore[method-assign]
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                await self.leave(session)
-
+        self._watch_connection(session)
         answer = await self._answer(pc, offer_sdp)
         broadcast.viewers[session.id] = (session, tracks)
         self.sessions[session.id] = session
@@ -441,6 +485,31 @@ class MediaHub:
         return session, answer
 
     # -- both --
+
+    def _watch_connection(self, session: Session) -> None:
+        """End the session when its connection fails or closes; say why it failed, once."""
+        pc = session.pc
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "failed" and session.id in self.sessions:
+                self._log_failure(session)
+            if pc.connectionState in ("failed", "closed"):
+                await self.leave(session)
+
+    @staticmethod
+    def _log_failure(session: Session) -> None:
+        context = {"stream_id": str(session.broadcast.stream_id), "session_id": session.id,
+                   "session_kind": session.kind}
+        dtls = [t.sender.transport for t in session.pc.getTransceivers()
+                if t.sender.transport is not None]
+        if any(transport.state == "failed" for transport in dtls):
+            # aiortc says why only at DEBUG ("fingerprint mismatch", an OpenSSL alert...).
+            log.warning("WebRTC session failed: DTLS handshake failed", extra=context)
+        else:
+            ice = {transport.transport.state for transport in dtls}
+            log.warning("WebRTC session failed: no network path (ICE)",
+                        extra={**context, "ice_state": ",".join(sorted(ice))})
 
     async def _answer(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
         try:
@@ -486,11 +555,12 @@ class MediaHub:
         # arrives while a command is in flight, and the task would then go on forever (a
         # shutdown that hung for good in a go-live page test).
         self._stopping = True
-        if self._counting is not None:
-            self._counting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._counting
-            self._counting = None
+        for task in (self._counting, self._leasing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._counting = self._leasing = None
         for session in list(self.sessions.values()):
             await self.leave(session)
         for broadcast in list(self.broadcasts.values()):
@@ -526,6 +596,26 @@ class MediaHub:
 
     def start_counting(self) -> None:
         self._counting = asyncio.create_task(self._count_forever(), name="media-presence")
+        self._leasing = asyncio.create_task(self._renew_forever(), name="media-leases")
+
+    async def _renew_forever(self) -> None:
+        interval_s = self.services.settings.media_lease_s / 3
+        while not self._stopping:
+            held = [sid for sid, broadcast in self.broadcasts.items() if broadcast.is_held]
+            await self._renew(held)
+            await asyncio.sleep(interval_s)
+
+    async def _renew(self, stream_ids: list[StreamId]) -> None:
+        """Renew this node's leases on the streams whose publishers it holds (see
+        :func:`end_lapsed_streams`); a failure only logs: the next renewal tries again, and a
+        lease outlives two missed ones."""
+        if not stream_ids:
+            return
+        until = utc_now() + dt.timedelta(seconds=self.services.settings.media_lease_s)
+        try:
+            await self.services.streams.renew_media_leases(stream_ids, until)
+        except postgres.UNAVAILABLE_ERRORS as exc:
+            log.warning("media leases not renewed", extra={"error": repr(exc)})
 
     async def _count_forever(self) -> None:
         while not self._stopping:
@@ -545,6 +635,44 @@ class MediaHub:
                 await self.services.bus.set_viewers(str(stream_id), self.node_id, count,
                                                     NODE_TTL_S, what="watching")
         self._counted = counts
+
+
+# -- streams whose node is gone -------------------------------------------------------------
+
+
+async def end_lapsed_streams(services: Services) -> list[StreamId]:
+    """End the live streams no node holds any more, as their node would have.
+
+    The node holding a publisher renews the stream's media lease (``LIVECORE_MEDIA_LEASE_S``)
+    while it does and while it waits out the grace period after the publisher leaves. A node
+    that is killed renews nothing, and its grace timer dies with it: a live stream whose lease
+    lapsed more than ``LIVECORE_MEDIA_GRACE_S`` ago has no publisher anywhere. ``livecore
+    serve`` runs this at start-up and ``livecore worker`` on every pass; the ending is atomic
+    per stream, so several of them may run at once. The room hears the end, and the stream's
+    HLS output becomes its replay (:func:`close_replay`) when its files are on this machine."""
+    settings = services.settings
+    now = utc_now()
+    lapsed_before = now - dt.timedelta(seconds=settings.media_grace_s)
+    ended = await services.streams.end_lapsed(
+        now, lease_before=lapsed_before,
+        started_before=lapsed_before - dt.timedelta(seconds=settings.media_lease_s))
+    for stream_id in ended:
+        stream = await services.streams.get(stream_id)
+        await publish_state(services, stream)
+        replay = await asyncio.to_thread(close_replay, settings.data_dir, stream_id)
+        log.warning("stream ended: no node holds its publisher any more",
+                    extra={"stream_id": str(stream_id), "replay": replay})
+    return ended
+
+
+def close_replay(data_dir: str, stream_id: StreamId) -> bool:
+    """Write the replay playlist of a stream whose packager died with its process, from the
+    segments it had written under ``data_dir``; whether there is a replay. (Parts still in
+    memory are lost.)"""
+    directory = Path(data_dir).resolve() / "hls" / str(stream_id)
+    if (directory / "index.m3u8").is_file():
+        return True
+    return write_replay(directory)
 
 
 # -- HTTP ----------------------------------------------------------------------------------
@@ -612,8 +740,11 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 async def whep_post(request: web.Request) -> web.StreamResponse:
     media = request.app[MEDIA_KEY]
     stream_id = _stream_id(request)
-    await media.services.streams.get(stream_id)  # 404 for an unknown stream
+    stream = await media.services.streams.get(stream_id)  # 404 for an unknown stream
     offer = await _sdp_body(request, SDP_TYPE)
+    if stream.state is StreamState.ENDED:  # not "not live yet": there is nothing to wait for
+        raise Conflict("This stream has ended; there is nothing more to watch.",
+                       code="stream_ended")
     session, answer = await media.play(stream_id, offer)
     return _answer(media, session, answer)
 

@@ -9,6 +9,7 @@ decoding on one. And it judges WHIP/WHEP requests from their SDP before any WebR
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from livecore.errors import ClientError
@@ -25,6 +26,14 @@ _START_CODE = re.compile(b"\x00\x00\x01")
 class MalformedSdp(ClientError):
     status = 400
     default_code = "malformed_sdp"
+
+
+class UnsupportedCodec(ClientError):
+    """An offer the server cannot answer with media it forwards: no video codec in common, or
+    audio that is not Opus (the only audio the gateway forwards and packages for HLS)."""
+
+    status = 422
+    default_code = "unsupported_codec"
 
 
 class IceRestartUnsupported(ClientError):
@@ -66,6 +75,13 @@ class OfferSummary:
     #: The video media SSRC (from ``a=ssrc-group:FID <media> <rtx>`` when present: a PLI to the
     #: RTX SSRC is ignored by browsers), or None when the offer names none.
     video_ssrc: int | None
+    #: Per media section in use (port not 0), its kind and the codec names of its
+    #: ``a=rtpmap`` lines, upper-case, in the offer's order of preference.
+    codecs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def codecs_of(self, kind: str) -> set[str]:
+        """Every codec the offer's sections of ``kind`` can take."""
+        return {name for section, names in self.codecs if section == kind for name in names}
 
 
 def summarize_offer(sdp: str) -> OfferSummary:
@@ -82,10 +98,20 @@ def summarize_offer(sdp: str) -> OfferSummary:
     video_ssrc: int | None = None
     fid_ssrc: int | None = None
     kind: str | None = None
+    sections: list[tuple[str, list[str]]] = []
     for line in lines:
         if line.startswith("m="):
-            kind = line[2:].split(" ", 1)[0]
+            fields = line[2:].split(" ")
+            kind = fields[0]
             kinds.append(kind)
+            names: list[str] = []
+            if len(fields) < 2 or fields[1] != "0":  # port 0: a section turned down
+                sections.append((kind, names))
+        elif line.startswith("a=rtpmap:") and sections and kind == sections[-1][0]:
+            # a=rtpmap:<payload type> <encoding name>/<clock rate>[/<channels>] (RFC 8866 6.6)
+            parts = line.split(" ", 1)
+            if len(parts) == 2:
+                sections[-1][1].append(parts[1].split("/", 1)[0].upper())
         elif line.startswith("a=ice-ufrag:") and ufrag is None:
             ufrag = line.split(":", 1)[1]
         elif kind == "video" and line.startswith("a=ssrc-group:FID ") and fid_ssrc is None:
@@ -96,7 +122,35 @@ def summarize_offer(sdp: str) -> OfferSummary:
         raise MalformedSdp("The SDP offer has no media section (m= line).")
     if not set(kinds) <= {"audio", "video"}:
         raise MalformedSdp("Only audio and video media sections are supported.")
-    return OfferSummary(tuple(kinds), ufrag, fid_ssrc if fid_ssrc is not None else video_ssrc)
+    return OfferSummary(tuple(kinds), ufrag, fid_ssrc if fid_ssrc is not None else video_ssrc,
+                        tuple((k, tuple(names)) for k, names in sections))
+
+
+def check_codecs(offer: OfferSummary, video: Iterable[str]) -> None:
+    """Raise :class:`UnsupportedCodec` (422) unless every video section of ``offer`` can take
+    one of the ``video`` codecs (names as in SDP: ``H264``, ``VP8``) and every audio section
+    can take Opus.
+
+    For WHIP, ``video`` is what the gateway takes; for WHEP, the stream's own codec (frames are
+    forwarded as they come, never re-encoded per viewer)."""
+    wanted = {name.upper() for name in video}
+    for kind, names in offer.codecs:
+        if kind == "video" and not wanted & set(names):
+            raise UnsupportedCodec(
+                f"The offer's video takes none of {', '.join(sorted(wanted))}"
+                f" (it offers {', '.join(_media_codecs(names)) or 'no codec'}).",
+                kind="video", accepted=sorted(wanted))
+        if kind == "audio" and "OPUS" not in names:
+            raise UnsupportedCodec(
+                "The offer's audio must be Opus"
+                f" (it offers {', '.join(_media_codecs(names)) or 'no codec'}).",
+                kind="audio", accepted=["OPUS"])
+
+
+def _media_codecs(names: Iterable[str]) -> list[str]:
+    """Codec names without the helpers that are not media (retransmission, FEC, DTMF...)."""
+    helpers = {"RTX", "RED", "ULPFEC", "FLEXFEC-03", "TELEPHONE-EVENT", "CN"}
+    return list(dict.fromkeys(n for n in names if n not in helpers))
 
 
 def answer_video_codec(sdp: str) -> str | None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.codecs.vpx import DEFAULT_BITRATE as VP8_DEFAULT_BITRATE
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
 from gateway.app import create_app
 from gateway.client import HubClient
+from gateway.logs import quiet_libraries
 from gateway.media import MEDIA_KEY, MediaHub
 from livecore.ids import StreamId
 from livecore.media import SDP_TYPE, TRICKLE_TYPE, summarize_offer
@@ -40,6 +45,18 @@ class Pattern(VideoStreamTrack):
         return frame
 
 
+class Steady(Pattern):
+    """Brightness that moves smoothly (a triangle wave): no scene cut for x264 to start a new
+    GOP at, so keyframes come only when asked for (and every 250 frames)."""
+
+    async def recv(self) -> VideoFrame:
+        frame = await super().recv()
+        level = 100 + abs(self.count % 32 - 16)
+        for plane in frame.planes:
+            plane.update(bytes([level]) * plane.buffer_size)
+        return frame
+
+
 async def new_stream(api: ApiClient) -> tuple[str, str, str]:
     """(stream id, stream key, creator token)."""
     _, token = await api.new_creator()
@@ -50,9 +67,10 @@ async def new_stream(api: ApiClient) -> tuple[str, str, str]:
 
 
 async def publish(api: ApiClient, stream_id: str, key: str,
-                  *, video_codec: str | None = None) -> tuple[RTCPeerConnection, str]:
+                  *, video_codec: str | None = None,
+                  camera: VideoStreamTrack | None = None) -> tuple[RTCPeerConnection, str]:
     pc = RTCPeerConnection()
-    pc.addTrack(Pattern())
+    pc.addTrack(camera or Pattern())
     pc.addTrack(AudioStreamTrack())
     await pc.setLocalDescription(await pc.createOffer())
     response, _ = await api.request(
@@ -350,3 +368,221 @@ async def test_ending_the_stream_through_the_api_hangs_up_its_publisher_and_view
     assert (response.status, body["error"]["code"]) == (404, "session_not_found")
     await viewer.close()
     await publisher.close()
+
+
+def only_codecs(pc: RTCPeerConnection, kind: str, mime_types: tuple[str, ...]) -> None:
+    """Make ``pc``'s transceiver of ``kind`` offer only these codecs (and their RTX)."""
+    [transceiver] = [t for t in pc.getTransceivers() if t.kind == kind]
+    capabilities = RTCRtpSender.getCapabilities(kind)
+    assert capabilities is not None
+    codecs = [c for c in capabilities.codecs if c.mimeType in mime_types]
+    rtx = [c for c in capabilities.codecs if c.mimeType == f"{kind}/rtx"]
+    transceiver.setCodecPreferences(codecs + (rtx if kind == "video" else []))
+
+
+async def test_offers_without_a_codec_the_server_forwards_are_refused_with_422(
+        media_api: ApiClient) -> None:
+    """WHIP video in no codec the gateway takes, WHIP audio other than Opus, and a WHEP viewer
+    that cannot take the stream's codec: 422 unsupported_codec, and nothing changes."""
+    api = media_api
+    media: MediaHub = api.client.app[MEDIA_KEY]
+    stream_id, key, _ = await new_stream(api)
+    whip = {"Content-Type": SDP_TYPE, "Authorization": f"Bearer {key}"}
+
+    pc = RTCPeerConnection()
+    pc.addTrack(Pattern())
+    pc.addTrack(AudioStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    # A camera in codecs the gateway does not take (aiortc makes only VP8 and H.264 offers).
+    no_video = offer.replace(" VP8/90000", " VP9/90000").replace(" H264/90000", " AV1/90000")
+    response, body = await api.request("POST", f"/whip/{stream_id}", data=no_video,
+                                       headers=whip)
+    assert (response.status, body["error"]["code"]) == (422, "unsupported_codec"), body
+    assert body["error"]["kind"] == "video" and "VP9" in body["error"]["message"]
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+    # Audio in G.711 only: HLS would wait for audio that never comes.
+    pc = RTCPeerConnection()
+    pc.addTrack(Pattern())
+    pc.addTrack(AudioStreamTrack())
+    only_codecs(pc, "audio", ("audio/PCMU",))
+    await pc.setLocalDescription(await pc.createOffer())
+    response, body = await api.request("POST", f"/whip/{stream_id}",
+                                       data=pc.localDescription.sdp, headers=whip)
+    await pc.close()
+    assert (response.status, body["error"]["code"]) == (422, "unsupported_codec"), body
+    assert body["error"]["kind"] == "audio"
+    assert media.sessions == {} and StreamId(uuid.UUID(stream_id)) not in media.broadcasts
+    assert await stream_state(api, stream_id) == "created"
+
+    # Published in H.264; a viewer offering VP8 only cannot take it.
+    publisher, _ = await publish(api, stream_id, key, video_codec="H264")
+    try:
+        await until_state(api, stream_id, "live")
+        viewer = RTCPeerConnection()
+        viewer.addTransceiver("video", direction="recvonly")
+        viewer.addTransceiver("audio", direction="recvonly")
+        only_codecs(viewer, "video", ("video/VP8",))
+        await viewer.setLocalDescription(await viewer.createOffer())
+        response, body = await api.request("POST", f"/whep/{stream_id}",
+                                           data=viewer.localDescription.sdp,
+                                           headers={"Content-Type": SDP_TYPE})
+        await viewer.close()
+        assert (response.status, body["error"]["code"]) == (422, "unsupported_codec"), body
+        assert body["error"]["accepted"] == ["H264"]
+        broadcast = media.broadcasts[StreamId(uuid.UUID(stream_id))]
+        assert broadcast.viewers == {}
+        # The same viewer with H.264 is welcome.
+        _pc, frames, _ = await watch(api, stream_id)
+        await frames_of(frames, 3)
+        await _pc.close()
+    finally:
+        await publisher.close()
+
+
+async def test_whep_after_the_stream_ended_says_stream_ended(media_api: ApiClient) -> None:
+    """Not stream_not_live: a client that waits for a live stream would wait forever."""
+    api = media_api
+    stream_id, key, token = await new_stream(api)
+    viewer = RTCPeerConnection()
+    viewer.addTransceiver("video", direction="recvonly")
+    await viewer.setLocalDescription(await viewer.createOffer())
+    offer = viewer.localDescription.sdp
+    await viewer.close()
+    sdp = {"Content-Type": SDP_TYPE}
+    response, body = await api.request("POST", f"/whep/{stream_id}", data=offer, headers=sdp)
+    assert (response.status, body["error"]["code"]) == (409, "stream_not_live")
+    publisher, _ = await publish(api, stream_id, key)
+    await until_state(api, stream_id, "live")
+    response, _ = await api.request("POST", f"/api/v1/streams/{stream_id}/end", token=token)
+    assert response.status == 200
+    await publisher.close()
+    response, body = await api.request("POST", f"/whep/{stream_id}", data=offer, headers=sdp)
+    assert (response.status, body["error"]["code"]) == (409, "stream_ended"), body
+
+
+async def test_a_failed_dtls_handshake_is_logged_once_and_ice_stays_quiet(
+        media_api: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
+    """A publisher whose certificate does not match its offer's fingerprint: the session fails
+    at DTLS, and the log says so once, with the stream and session; aioice's per-check INFO
+    records are not there (the levels ``configure_logging`` sets)."""
+    api = media_api
+    quiet_libraries()
+    caplog.set_level(logging.INFO)
+    stream_id, key, _ = await new_stream(api)
+    pc = RTCPeerConnection()
+    pc.addTrack(Pattern())
+    await pc.setLocalDescription(await pc.createOffer())
+    forged = re.sub(r"a=fingerprint:sha-256 [0-9A-F:]+",
+                    "a=fingerprint:sha-256 " + ":".join(["AB"] * 32), pc.localDescription.sdp)
+    response, answer = await api.request(
+        "POST", f"/whip/{stream_id}", data=forged,
+        headers={"Content-Type": SDP_TYPE, "Authorization": f"Bearer {key}"})
+    assert response.status == 201
+    session_id = response.headers["Location"].rsplit("/", 1)[1]
+    await pc.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+    media: MediaHub = api.client.app[MEDIA_KEY]
+
+    async def gone() -> bool:
+        return session_id not in media.sessions
+
+    await until(gone)
+    await pc.close()
+    failures = [r for r in caplog.records if r.name == "gateway.media"
+                and "DTLS handshake failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+    assert failures[0].levelno == logging.WARNING
+    context = failures[0].__dict__
+    assert (context["stream_id"], context["session_id"]) == (stream_id, session_id)
+    chatter = [r for r in caplog.records if r.name.startswith("aioice")
+               and r.levelno < logging.WARNING]
+    assert chatter == []
+    assert await stream_state(api, stream_id) == "created"
+
+
+async def test_viewers_joining_together_or_just_after_a_keyframe_all_get_frames(
+        media_api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer who joins within PLI_INTERVAL_S of the last keyframe request, after that
+    keyframe went by, still gets a keyframe requested (when the interval is over), not the
+    publisher's next one of its own accord; viewers joining at once share one request."""
+    api = media_api
+    # Keyframes only when asked for: VP8 from aiortc (a GOP of 3000 frames; x264 starts new
+    # GOPs of its own about every second), its encoder never re-created for a new bitrate
+    # estimate (which makes a keyframe), and a picture without scene cuts.
+    monkeypatch.setattr("gateway.media.VIDEO_CODECS", ("video/VP8",))
+    monkeypatch.setattr(Vp8Encoder, "target_bitrate",
+                        property(lambda self: VP8_DEFAULT_BITRATE, lambda self, _: None))
+    stream_id, key, _ = await new_stream(api)
+    publisher, _ = await publish(api, stream_id, key, camera=Steady())
+    viewers: list[RTCPeerConnection] = []
+    try:
+        [video_sender] = [s for s in publisher.getSenders() if s.track and s.track.kind == "video"]
+        asked: list[float] = []
+        original = video_sender._send_keyframe
+
+        def counted() -> None:
+            asked.append(asyncio.get_running_loop().time())
+            original()
+
+        video_sender._send_keyframe = counted  # type: ignore[method-assign]
+        await until_state(api, stream_id, "live")
+        # Long enough that the last viewer joins within it; no keyframe requests for HLS's
+        # sake meanwhile.
+        monkeypatch.setattr("gateway.media.PLI_INTERVAL_S", 2.0)
+        monkeypatch.setattr("gateway.media.TARGET_DURATION_S", 3600)
+        media: MediaHub = api.client.app[MEDIA_KEY]
+        broadcast = media.broadcasts[StreamId(uuid.UUID(stream_id))]
+        broadcast._last_pli = float("-inf")
+        before = len(asked)
+        together = [await _offered_viewer() for _ in range(4)]
+        await asyncio.gather(*(_join(api, stream_id, pc) for pc, _ in together))
+        viewers += [pc for pc, _ in together]
+        for _, frames in together:
+            await frames_of(frames, 3)
+        # Still at most one request per interval: the first joiner's, and one for those whose
+        # request came after its keyframe had gone by.
+        assert 1 <= len(asked) - before <= 2
+        before = len(asked)
+
+        # Just after: the keyframe went by; this one's request waits out the interval, and
+        # then goes up (it used to be dropped: the viewer waited for a keyframe the publisher
+        # would make of its own accord, here never).
+        late, late_frames = await _offered_viewer()
+        viewers.append(late)
+        await _join(api, stream_id, late)
+        await frames_of(late_frames, 3)
+        assert len(asked) == before + 1
+    finally:
+        for pc in viewers:
+            await pc.close()
+        await publisher.close()
+
+
+async def _offered_viewer() -> tuple[RTCPeerConnection, asyncio.Queue[Any]]:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        async def read() -> None:
+            while True:
+                try:
+                    frames.put_nowait(await track.recv())
+                except MediaStreamError:
+                    return
+
+        asyncio.ensure_future(read())
+
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, frames
+
+
+async def _join(api: ApiClient, stream_id: str, pc: RTCPeerConnection) -> None:
+    response, _ = await api.request("POST", f"/whep/{stream_id}", data=pc.localDescription.sdp,
+                                    headers={"Content-Type": SDP_TYPE})
+    answer = await response.text()
+    assert response.status == 201, answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
