@@ -31,9 +31,21 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     # pgserver logs every command it runs at INFO; its warnings still come through.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    quiet_libraries()
     # At the open-file limit, asyncio logs every failed accept() with a traceback, many
     # times a second; one record per interval (with the count it stood for) says as much.
     logging.getLogger("asyncio").addFilter(RepeatFilter(ACCEPT_FAILED, interval_s=10.0))
+
+
+#: Libraries whose INFO records are chatter: aioice logs every ICE candidate pair's checks
+#: (a third of a media node's log); its failures come as WARNING, and the gateway logs a
+#: failed WebRTC session itself, once, with its stream and session ids (gateway/media.py).
+QUIET_LOGGERS = ("aioice", "aiortc")
+
+
+def quiet_libraries() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 #: How asyncio's accept loop starts its message when the process is out of file descriptors.
