@@ -4,7 +4,8 @@
                                    DATABASE_URL / REDIS_URL are unset)
     livecore migrate               apply pending database migrations, then exit
     livecore worker                background jobs: the periodic reconciliation of Redis
-                                   with the ledger, and retrying stuck payouts
+                                   with the ledger, retrying stuck payouts, and ending the
+                                   streams left live by a node that was killed
     livecore payouts retry         resolve the payouts stuck in pending once, then exit
     livecore user create NAME      create an account with roles (bootstrap an admin)
     livecore user roles NAME       replace an account's roles
@@ -44,6 +45,7 @@ from gateway.collector import CollectorPolicy
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServers
 from gateway.http import METRICS_KEY
 from gateway.logs import configure_logging
+from gateway.media import end_lapsed_streams
 from gateway.metrics import WorkerMetrics
 from gateway.services import Services, connect_redis, utc_now
 from gateway.store import PostgresAccounts
@@ -156,6 +158,8 @@ async def serve(settings: Settings, database_url: str, redis_url: str, descripti
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
     services = await Services.connect(settings, database_url=database_url, redis_url=redis_url)
+    # Streams left live by a node that was killed (its grace timer died with it).
+    await end_lapsed_streams(services)
     app = create_app(services)
     app[METRICS_KEY].watch_gc()
     runner = Runner(
@@ -236,7 +240,8 @@ def raise_open_file_limit() -> int:
 
 
 async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
-    """Background jobs: a heartbeat every LIVECORE_WORKER_INTERVAL_S, a reconciliation
+    """Background jobs: a heartbeat and the end of streams no node holds any more
+    (:func:`gateway.media.end_lapsed_streams`) every LIVECORE_WORKER_INTERVAL_S, a reconciliation
     pass (ledger/reconciler.py) every LIVECORE_RECONCILE_INTERVAL_S, one worker at a time, and
     the payouts stuck in pending resolved every LIVECORE_PAYOUT_RETRY_INTERVAL_S
     (ledger/payouts.py; several workers may do it at once: a payout is resolved once)."""
@@ -258,6 +263,7 @@ async def worker(settings: Settings, database_url: str, redis_url: str) -> None:
             try:
                 await services.redis.set(key, utc_now().isoformat(),
                                          ex=settings.worker_interval_s * 3)
+                await end_lapsed_streams(services)
                 if loop.time() >= next_payouts:
                     next_payouts = loop.time() + settings.payout_retry_interval_s
                     await services.payouts.retry_stuck()

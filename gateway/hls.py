@@ -45,6 +45,7 @@ from livecore.hls import (
     Reload,
     Rendition,
     parse_name,
+    segment_name,
 )
 from livecore.ids import StreamId
 
@@ -417,6 +418,40 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
+
+
+def write_replay(directory: Path) -> bool:
+    """The replay playlist of a stream whose packager died with its process (killed), made
+    from the init segment and the closed segments it had written; whether there is one.
+    (The open segment's parts were only in memory: the replay ends before them.)"""
+    init = directory / INIT_NAME
+    if not init.is_file():
+        return False
+    timescale = video_timescale(init.read_bytes()) or _CLOCK
+    rendition = Rendition(target_duration_s=TARGET_DURATION_S, part_target_s=PART_TARGET_S)
+    msn = 0
+    while (directory / segment_name(msn)).is_file():
+        data = (directory / segment_name(msn)).read_bytes()
+        parts = 0
+        box_at = fragment_at = 0  # boxes follow each other: one starts where the last ended
+        for kind, _, end in _boxes(data):
+            if kind == b"moof":
+                fragment_at = box_at
+            elif kind == b"mdat":
+                video = video_fragment(data[fragment_at:end])
+                if video is not None and video[0] > 0:
+                    rendition.add_part(video[0] / timescale, independent=video[1])
+                    parts += 1
+            box_at = end
+        if parts == 0:
+            break
+        rendition.close_segment()
+        msn += 1
+    if not rendition.segments:
+        return False
+    rendition.end()
+    _write_file(directory / "index.m3u8", rendition.render().encode())
+    return True
 
 
 class HlsOutput:

@@ -342,6 +342,43 @@ class PostgresStreams:
             )
         return await self.get(stream_id)
 
+    async def renew_media_leases(self, stream_ids: list[StreamId], until: dt.datetime) -> None:
+        """This node still holds these streams' publishers (or waits for them to come back):
+        their leases last until ``until``."""
+        if stream_ids:
+            await self._pool.execute(
+                "UPDATE streams SET media_lease_until = $2"
+                " WHERE id = ANY($1::uuid[]) AND state <> 'ended'",
+                stream_ids,
+                until,
+            )
+
+    async def end_lapsed(self, now: dt.datetime, *, lease_before: dt.datetime,
+                         started_before: dt.datetime, limit: int = 500) -> list[StreamId]:
+        """End the live streams whose media lease ended before ``lease_before``: no node holds
+        their publisher (a stream never leased counts from its start). Atomic per row, so
+        several sweepers end each stream once; the ids of those this call ended."""
+        rows = await self._pool.fetch(
+            """
+            UPDATE streams SET state = 'ended', ended_at = $1
+            WHERE id IN (
+                SELECT id FROM streams
+                WHERE state = 'live'
+                  AND (media_lease_until < $2
+                       OR (media_lease_until IS NULL AND started_at < $3))
+                ORDER BY started_at
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED)
+              AND state = 'live'
+            RETURNING id
+            """,
+            now,
+            lease_before,
+            started_before,
+            limit,
+        )
+        return [StreamId(row["id"]) for row in rows]
+
     async def transition(self, stream_id: StreamId, event: StreamEvent, now: dt.datetime) -> Stream:
         """Apply ``event`` by the transition table, atomically against concurrent changes."""
         while True:

@@ -202,6 +202,16 @@ class Settings:
             "before the stream ends.",
         ),
     )
+    media_lease_s: float = field(
+        default=15.0,
+        metadata=_env(
+            "LIVECORE_MEDIA_LEASE_S",
+            "How long a node's claim on a live stream's publisher lasts unless renewed (it "
+            "renews it every third of this). A live stream whose claim has lapsed for "
+            "LIVECORE_MEDIA_GRACE_S more (its node was killed) is ended at the next start of "
+            "`livecore serve` and by `livecore worker`.",
+        ),
+    )
     max_connections: int = field(
         default=0,
         metadata=_env(
@@ -359,6 +369,7 @@ class Settings:
             "processes",
             "reconcile_interval_s",
             "media_grace_s",
+            "media_lease_s",
             "stripe_webhook_tolerance_s",
             "daily_spend_cap_minor",
             "spend_burst_purchases",
