@@ -1,7 +1,8 @@
 """Live video to WebRTC viewers: Livecore's forwarding against aiortc's MediaRelay, same run.
 
     python -m loadtests.media [--viewers 20] [--seconds 20] [--idle 5] [--warmup 3]
-                              [--late-joiners 5] [--codec vp8|h264] [--skip-baseline]
+                              [--late-joiners 5] [--together 8] [--together-rounds 3]
+                              [--codec vp8|h264] [--skip-baseline]
 
 **Livecore**: a real ``livecore serve`` (its own process, ``LIVECORE_PROCESSES=1``, against
 DATABASE_URL / REDIS_URL, or embedded servers in a temporary directory when either is unset).
@@ -30,6 +31,10 @@ What is measured, for each server:
 * **late joiner's first frame**: ``--late-joiners`` times, after the window, while the others
   keep watching: a new viewer (offer made beforehand) from its WHEP ``POST`` to its first frame
   (which includes the answer, ICE, DTLS and the wait for a keyframe).
+* **joiners arriving together**: ``--together-rounds`` times, ``--together`` new viewers
+  POST their offers (made beforehand) at the same moment: first frame p50 and p95 over all of
+  them, each from its own POST. They share the keyframe requests (at most one per
+  ``PLI_INTERVAL_S`` goes to the publisher), so this is where a dropped request shows.
 * **glass to glass**: the camera paints the wall-clock milliseconds at which it made each frame
   (24 bits and an 8-bit check, one bit per 40x40 block of the luma plane's top 80 rows); the
   decoding viewer reads them back from what it decodes: latency = time read - time painted
@@ -441,6 +446,8 @@ class Run:
     fps: list[float] = field(default_factory=list)
     decoding_fps: float = 0.0
     first_frame_ms: list[float] = field(default_factory=list)
+    #: First frames of the viewers who joined together (--together), from each one's POST.
+    together_ms: list[float] = field(default_factory=list)
     glass_ms: list[float] = field(default_factory=list)
     hls_ms: list[float] = field(default_factory=list)  # frames' age when their LL-HLS part came
     hls_hold_back_s: float = 0.0
@@ -482,6 +489,9 @@ class Run:
     @property
     def median_first_ms(self) -> float | None:
         return statistics.median(self.first_frame_ms) if self.first_frame_ms else None
+
+    def together_at(self, fraction: float) -> float | None:
+        return percentile(sorted(self.together_ms), fraction) if self.together_ms else None
 
     def glass_at(self, fraction: float) -> float | None:
         return percentile(sorted(self.glass_ms), fraction) if self.glass_ms else None
@@ -614,12 +624,46 @@ async def measure(name: str, base: str, stream_id: str, key: str, pid: int,
                         await late.leave(http)
                     bar.advance(task)
                     await asyncio.sleep(0.3)
+            for _ in range(args.together_rounds):
+                await joiners_together(http, stream_id, args, run, name)
+                await asyncio.sleep(0.5)
         except Failed as exc:
             run.failures.append(f"{name}: {exc}")
         finally:
             await asyncio.gather(*(v.leave(http) for v in [*viewers, decoding]))
             await publisher.stop(http)
     return run
+
+
+async def joiners_together(http: aiohttp.ClientSession, stream_id: str,
+                           args: argparse.Namespace, run: Run, name: str) -> None:
+    """``--together`` viewers POST their offers (made beforehand) at the same moment, while
+    the others keep watching: each one's time from its POST to its first frame."""
+    joiners = [Viewer(args.codec) for _ in range(args.together)]
+    try:
+        for joiner in joiners:
+            await joiner.pc.setLocalDescription(await joiner.pc.createOffer())
+
+        async def join(joiner: Viewer) -> None:
+            joiner.posted_at = time.perf_counter()
+            status, body, joiner.location = await _post(http, f"/whep/{stream_id}",
+                                                        joiner.pc.localDescription.sdp, {})
+            if status != 201:
+                raise Failed(f"WHEP answered {status}: {body[:300]}")
+            await joiner.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await joiner.first.wait()
+
+        await asyncio.gather(*(join(joiner) for joiner in joiners))
+        late = sum(1 for joiner in joiners if joiner.first_frame_s is None)
+        if late:
+            run.failures.append(f"{name}: {late} joiner(s) arriving together got no frame"
+                                " within 10 s")
+        run.together_ms += [j.first_frame_s * 1000 for j in joiners
+                            if j.first_frame_s is not None]
+    finally:
+        await asyncio.gather(*(joiner.leave(http) for joiner in joiners))
 
 
 _PART = re.compile(r'#EXT-X-PART:[^\n]*URI="(part(\d+)\.(\d+)\.m4s)"')
@@ -730,6 +774,11 @@ def report(args: argparse.Namespace, subject: Run, baseline: Run | None) -> None
             other.median_first_ms, "{:,.0f}"),
         Row("late joiner's first frame, max ms", max(subject.first_frame_ms, default=None),
             max(other.first_frame_ms, default=None), "{:,.0f}"),
+        Row(f"joiners arriving together ({args.together} at once, {args.together_rounds}"
+            " rounds): first frame p50 ms", subject.together_at(0.5), other.together_at(0.5),
+            "{:,.0f}"),
+        Row("joiners arriving together: first frame p95 ms", subject.together_at(0.95),
+            other.together_at(0.95), "{:,.0f}"),
         Row("glass to glass p50 ms", subject.glass_at(0.5), other.glass_at(0.5), "{:,.0f}"),
         Row("glass to glass p95 ms", subject.glass_at(0.95), other.glass_at(0.95), "{:,.0f}"),
         Row("glass to glass max ms", max(subject.glass_ms, default=None),
@@ -792,6 +841,10 @@ def report(args: argparse.Namespace, subject: Run, baseline: Run | None) -> None
                   "-" if first is None else f"{first:,.0f} ms (max "
                   f"{max(subject.first_frame_ms):,.0f})", _yes(first is not None
                                                                 and first < 500))
+    t50, t95 = subject.together_at(0.5), subject.together_at(0.95)
+    goals.add_row("joiners arriving together: first frame < 500 ms (p95)",
+                  "-" if t95 is None else f"p50 {t50:,.0f} ms, p95 {t95:,.0f} ms",
+                  _yes(t95 is not None and t95 < 500))
     p50, p95 = subject.glass_at(0.5), subject.glass_at(0.95)
     goals.add_row("glass to glass < 300 ms over WebRTC (p95)",
                   "-" if p95 is None else f"p50 {p50:,.0f} ms, p95 {p95:,.0f} ms",
@@ -856,6 +909,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0,
                         help="seconds between the viewers' first frames and the window")
     parser.add_argument("--late-joiners", type=int, default=5)
+    parser.add_argument("--together", type=int, default=8,
+                        help="viewers joining at the same moment, for their first frame p95")
+    parser.add_argument("--together-rounds", type=int, default=3)
     parser.add_argument("--baseline-viewers", type=int, default=0,
                         help="counting viewers of the baseline (default: --viewers); fewer"
                              " keep it from running out of CPU on a small machine")
@@ -868,7 +924,8 @@ def main() -> None:
         serve_baseline(args.baseline_server)
         return
     if (min(args.viewers, args.seconds, args.idle) <= 0 or args.warmup < 0
-            or args.late_joiners < 0 or args.baseline_viewers < 0):
+            or args.late_joiners < 0 or args.baseline_viewers < 0 or args.together < 0
+            or args.together_rounds < 0):
         parser.error("viewers, seconds and idle must be positive")
     logs = tempfile.mkdtemp(prefix="livecore-media-logs-")
     subject, baseline = asyncio.run(run_all(args, logs))
