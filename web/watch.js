@@ -2,7 +2,8 @@
 // (gifts.js: sending gifts, the wallet) and its video.
 // The video comes over WHEP (webrtc.js) while the stream is live: before that (409
 // stream_not_live) the page waits, trying again now and then and as soon as the room says the
-// stream went live. If WebRTC fails otherwise, it falls back to HLS: the browser's own player,
+// stream went live. If WebRTC fails otherwise (422 unsupported_codec: this browser cannot take
+// the stream's codec; or the connection keeps failing), it falls back to HLS: the browser's own player,
 // or hls.js (window.Hls, loaded from /static/vendor/hls.min.js when the page needs it).
 "use strict";
 
@@ -63,6 +64,18 @@ function showEnded() {
   setPlayback("ended", "The stream has ended.");
 }
 
+// Offer only these video codecs (MIME types) when window.livecoreVideoCodecs names some: how a
+// test plays a browser without the stream's codec (the server then answers 422
+// unsupported_codec, and the page falls back to HLS).
+function preferVideoCodecs(transceiver) {
+  const wanted = window.livecoreVideoCodecs;
+  if (!Array.isArray(wanted) || !transceiver.setCodecPreferences) return;
+  const capabilities = RTCRtpReceiver.getCapabilities("video");
+  const codecs = capabilities ? capabilities.codecs : [];
+  const chosen = codecs.filter((c) => wanted.includes(c.mimeType) || c.mimeType === "video/rtx");
+  if (chosen.length) transceiver.setCodecPreferences(chosen);
+}
+
 async function playWhep() {
   clearTimeout(whepRetryTimer);
   whepRetryTimer = null;
@@ -75,8 +88,9 @@ async function playWhep() {
   const mine = { pc, session: null };
   viewer = mine;
   if (playback !== "waiting") setPlayback("connecting", "Connecting to the video…");
-  pc.addTransceiver("video", { direction: "recvonly" });
+  const video = pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });
+  preferVideoCodecs(video);
   const remote = new MediaStream();
   pc.addEventListener("track", (event) => {
     if (viewer !== mine) return;
@@ -111,6 +125,8 @@ async function playWhep() {
       retryWhepLater(delay);
     } else if (error.code === "stream_not_live" || error.code === "stream_ended") {
       showEnded();
+    } else if (error.code === "unsupported_codec") {
+      playHls("This browser cannot play the stream's video codec over WebRTC.");
     } else {
       playHls(`WebRTC playback failed: ${error.message}`);
     }

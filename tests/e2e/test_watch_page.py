@@ -238,3 +238,73 @@ async def test_watch_page_for_an_unknown_stream(services):
                 assert errors == []
             finally:
                 await browser.close()
+
+
+COUNT_FRAMES = """async (count) => {
+    const video = document.getElementById("player");
+    const times = [];
+    await new Promise((resolve) => {
+        const tick = (_now, meta) => {
+            times.push(meta.mediaTime);
+            if (times.length >= count) resolve();
+            else video.requestVideoFrameCallback(tick);
+        };
+        video.requestVideoFrameCallback(tick);
+    });
+    return {times, width: video.videoWidth, height: video.videoHeight,
+            webrtc: video.srcObject instanceof MediaStream,
+            decoded: video.getVideoPlaybackQuality().totalVideoFrames};
+}"""
+
+
+async def test_watch_page_plays_real_video_over_webrtc_and_over_hls(
+        make_services: Any, tmp_path: Any, browser: Any) -> None:
+    """A real publisher (aiortc, H.264 and Opus) on a real server; one watch page plays it over
+    WebRTC, another, whose browser offers VP8 only, is refused with 422 unsupported_codec and
+    plays the real LL-HLS output through hls.js (or the browser's own player). Frames are
+    counted as the page paints them (requestVideoFrameCallback)."""
+    from tests.media.test_whip_whep import HEIGHT, WIDTH, new_stream, publish
+
+    services = make_services(media_grace_s=0.5, data_dir=str(tmp_path))
+    async with ApiClient.serving(create_app(services)) as api:
+        stream_id, key, _ = await new_stream(api)
+        publisher, _ = await publish(api, stream_id, key, video_codec="H264")
+        try:
+            url = str(api.client.make_url(f"/watch/{stream_id}"))
+            page = await browser.new_page()
+            errors = page_errors(page)
+            whep: list[int] = []
+            page.on("response", lambda r: whep.append(r.status) if "/whep/" in r.url else None)
+            await page.goto(url)
+            player = page.locator("#player")
+            await expect(player).to_have_attribute("data-state", "playing", timeout=WAIT_MS)
+            seen = await page.evaluate(COUNT_FRAMES, 30)
+            assert seen["webrtc"] is True
+            assert (seen["width"], seen["height"]) == (WIDTH, HEIGHT)
+            assert seen["times"] == sorted(seen["times"]) and seen["times"][-1] > seen["times"][0]
+            assert seen["decoded"] >= 30
+            assert whep == [201]
+
+            hls_page = await browser.new_page()
+            hls_errors = page_errors(hls_page)
+            refused: list[Any] = []
+
+            async def on_response(response: Any) -> None:
+                if "/whep/" in response.url and response.request.method == "POST":
+                    refused.append((response.status, (await response.json())["error"]["code"]))
+
+            hls_page.on("response", on_response)
+            await hls_page.add_init_script("window.livecoreVideoCodecs = ['video/VP8'];")
+            await hls_page.goto(url)
+            hls_player = hls_page.locator("#player")
+            await expect(hls_player).to_have_attribute("data-state", "hls", timeout=WAIT_MS)
+            seen = await hls_page.evaluate(COUNT_FRAMES, 30)
+            assert refused == [(422, "unsupported_codec")]
+            assert seen["webrtc"] is False
+            assert (seen["width"], seen["height"]) == (WIDTH, HEIGHT)
+            assert seen["times"] == sorted(seen["times"]) and seen["times"][-1] > seen["times"][0]
+            note = await hls_page.locator("#player-note").text_content()
+            assert note is not None and "Playing over HLS" in note
+            assert errors == [] and hls_errors == []
+        finally:
+            await publisher.close()
