@@ -1,6 +1,7 @@
 """The go-live page in a real Chromium: the creator publishes the fake camera over WHIP, a
-viewer's watch page plays it over WHEP, the room shows the stream going live, chat and
-gifts, and Stop ends the broadcast.
+viewer's watch page plays it over WHEP, another (whose browser lacks the stream's codec) over
+the real HLS output, the room shows the stream going live, chat and gifts, and Stop ends the
+broadcast.
 
 The server (aiortc) gathers no ICE candidates on 127.0.0.1, so Chromium must offer its real
 interface address: --disable-features=WebRtcHideLocalIpsWithMdns. http://127.0.0.1:PORT is a
@@ -9,16 +10,18 @@ secure origin, so getUserMedia works there.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, Response, async_playwright, expect
 
 from gateway.media import MEDIA_KEY, MediaHub
 from ledger.batcher import grant
 from livecore.ids import StreamId
+from tests.e2e.test_watch_page import COUNT_FRAMES
 from tests.support import (
     CHROMIUM_ARGS,
     PASSWORD,
@@ -134,6 +137,31 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
     assert await watcher.evaluate("document.getElementById('player').videoWidth") > 0
     assert await watcher.evaluate(RECEIVED_CODEC) == f"video/{codec}"
     assert len(broadcast.viewers) == 1
+
+    # A browser that cannot take the stream's codec over WebRTC (its offer names only the
+    # other one) is refused with 422 unsupported_codec and plays the real LL-HLS output.
+    other = "H264" if codec == "VP8" else "VP8"
+    hls_watcher = await (await browser.new_context()).new_page()
+    hls_errors = page_errors(hls_watcher)
+    refused: list[tuple[int, str]] = []
+
+    async def on_response(response: Response) -> None:
+        if "/whep/" in response.url and response.request.method == "POST":
+            refused.append((response.status, (await response.json())["error"]["code"]))
+
+    hls_watcher.on("response", on_response)
+    await hls_watcher.add_init_script(f"window.livecoreVideoCodecs = ['video/{other}'];")
+    await hls_watcher.goto(str(api.client.make_url(f"/watch/{room}")))
+    await expect(hls_watcher.locator("#player-note")).to_have_attribute(
+        "data-state", "hls", timeout=WAIT_MS)
+    async with asyncio.timeout(2 * WAIT_MS / 1000):
+        seen_hls = await hls_watcher.evaluate(COUNT_FRAMES, 30)
+    assert refused == [(422, "unsupported_codec")]
+    assert seen_hls["webrtc"] is False and seen_hls["width"] > 0
+    assert seen_hls["times"][-1] > seen_hls["times"][0]  # the picture moves on
+    await hls_watcher.close()
+    assert hls_errors == []
+    assert len(broadcast.viewers) == 1  # HLS takes no WebRTC session
 
     # The go-live page shows the room: chat (as text, never markup) and gifts.
     response, body = await api.request("POST", "/api/v1/gifts", token=viewer_token, json={
