@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
@@ -26,6 +27,7 @@ from gateway.app import create_app
 from gateway.client import HubClient
 from livecore.hls import segment_name
 from livecore.media import SDP_TYPE
+from tests.e2e.test_processes import serving_processes
 from tests.media.test_whip_whep import Pattern, new_stream, publish
 from tests.processes import BIN, Background, environment, free_port
 from tests.support import ApiClient, stream_state, until_state
@@ -37,9 +39,10 @@ LEASE_S = 1.5
 
 
 def node_env(backend: Any, port: int, data_dir: Path, **more: str) -> dict[str, str]:
+    more.setdefault("LIVECORE_PROCESSES", "1")
     return environment(PORT=str(port), DATABASE_URL=backend.database_url,
                        REDIS_URL=backend.redis_url, LIVECORE_REDIS_PREFIX=backend.redis_prefix,
-                       LIVECORE_PROCESSES="1", LIVECORE_DATA_DIR=str(data_dir),
+                       LIVECORE_DATA_DIR=str(data_dir),
                        LIVECORE_MEDIA_GRACE_S=str(GRACE_S), LIVECORE_MEDIA_LEASE_S=str(LEASE_S),
                        **more)
 
@@ -144,9 +147,11 @@ async def test_start_up_ends_a_stream_whose_node_was_killed_and_spares_a_held_on
         try:
             await until_state(api, held_id, "live")
             stream_id, hls_dir = await killed_while_live(backend, api, tmp_path / "a")
-            # Wait until the killed node's lease has lapsed for longer than the grace period.
-            lapsed = await lease_until(make_services, stream_id)
-            await until_true(lambda: passed(lapsed + dt.timedelta(seconds=GRACE_S + 0.5)))
+            # Wait until the killed node's lease (renewed at the latest as it was killed) has
+            # lapsed for longer than the grace period.
+            killed_at = dt.datetime.now(dt.UTC)
+            await until_true(lambda: passed(
+                killed_at + dt.timedelta(seconds=LEASE_S + GRACE_S + 0.5)))
             ws_url = str(api.client.make_url("/ws")).replace("http://", "ws://")
             async with await HubClient.connect(ws_url) as room:
                 await room.subscribe(stream_id)
@@ -161,6 +166,58 @@ async def test_start_up_ends_a_stream_whose_node_was_killed_and_spares_a_held_on
                     again.interrupt()
             assert_replay(hls_dir)
         finally:
+            await held.close()
+
+
+async def test_a_killed_serving_process_among_several_leaves_no_stream_live(
+        backend: Any, make_services: Any, tmp_path: Path) -> None:
+    """``LIVECORE_PROCESSES=2``: the extra serving process holding a publisher is killed (the
+    supervisor replaces it); the stream is ended, while the one node B holds stays live."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = node_env(backend, port, tmp_path / "a", LIVECORE_PROCESSES="2",
+                   LIVECORE_WORKER_INTERVAL_S="1")
+    async with node_b(make_services, tmp_path) as api:
+        held_id, held_key, _ = await new_stream(api)
+        held, _ = await publish(api, held_id, held_key)
+        publisher: RTCPeerConnection | None = None
+        try:
+            await until_state(api, held_id, "live")
+            with Background([str(BIN / "livecore"), "serve"], env) as server:
+                await asyncio.to_thread(server.wait_for, "Livecore serving on", 90)
+
+                async def one_extra() -> bool:
+                    return len(serving_processes(server.process.pid)) == 1
+
+                await until_true(one_extra)
+                [extra] = serving_processes(server.process.pid)
+                # The kernel spreads connections over both processes: publish until a
+                # publisher lands on the extra one (its ICE sockets are there).
+                for _ in range(16):
+                    stream_id, key, _ = await new_stream(api)
+                    sockets = len(extra.net_connections(kind="udp"))
+                    publisher = await publish_to(base, stream_id, key)
+                    await until_state(api, stream_id, "live")
+                    if len(extra.net_connections(kind="udp")) > sockets:
+                        break
+                    await publisher.close()
+                    publisher = None
+                assert publisher is not None, "no publisher reached the extra process"
+                ws_url = str(api.client.make_url("/ws")).replace("http://", "ws://")
+                async with await HubClient.connect(ws_url) as room:
+                    await room.subscribe(stream_id)
+                    extra.kill()  # SIGKILL
+                    with Background([str(BIN / "livecore"), "worker"], env) as worker:
+                        event = await room.next_event("stream.state", timeout=60)
+                        assert event["data"] == {"state": "ended"}
+                        worker.interrupt()
+                assert await stream_state(api, stream_id) == "ended"
+                assert await stream_state(api, held_id) == "live"
+                assert psutil.Process(server.process.pid).is_running()
+                server.interrupt()
+        finally:
+            if publisher is not None:
+                await publisher.close()
             await held.close()
 
 
