@@ -478,10 +478,17 @@ class MediaHub:
                 transceiver.sender._send_keyframe = broadcast.request_keyframe  # type: ignore[method-assign]
 
         self._watch_connection(session)
-        answer = await self._answer(pc, offer_sdp)
+        # The viewer waits for a keyframe from now on, and asks for one: it comes while the
+        # answer, ICE and DTLS are under way (its packets queue until the connection is up),
+        # and every viewer joining meanwhile starts on the same one.
         broadcast.viewers[session.id] = (session, tracks)
-        self.sessions[session.id] = session
         broadcast.request_keyframe()
+        try:
+            answer = await self._answer(pc, offer_sdp)
+        except BaseException:
+            broadcast.viewers.pop(session.id, None)
+            raise
+        self.sessions[session.id] = session
         return session, answer
 
     # -- both --
