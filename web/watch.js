@@ -23,6 +23,7 @@ let streamState = null;
 let whepRetryTimer = null;
 let whepWaits = 0; // 409 stream_not_live in a row: the retry backs off
 let whepFailures = 0;
+let nativeHlsFailed = false; // the browser's own HLS player could not play the stream
 
 function setPlayback(state, text) {
   playback = state;
@@ -173,12 +174,17 @@ async function playHls(reason) {
   }
   if (playback === "ended") return;
   playerEl.srcObject = null;
-  if (playerEl.canPlayType(HLS_TYPE)) {
+  if (playerEl.canPlayType(HLS_TYPE) && !nativeHlsFailed) {
     playerEl.src = url;
     setPlayback("hls", "Playing over HLS (a few seconds behind).");
     playerEl.play().catch(() => {});
     return;
   }
+  await playHlsJs(url, unavailable);
+}
+
+// hls.js (vendored) plays what the browser's own player cannot, or where it has none.
+async function playHlsJs(url, unavailable) {
   const Hls = await loadHlsJs();
   if (!Hls || typeof Hls.isSupported !== "function" || !Hls.isSupported()) {
     unavailable("this browser has no HLS player.");
@@ -201,10 +207,18 @@ playerEl.addEventListener("playing", () => {
   if (viewer) setPlayback("playing", "Live.");
 });
 
+// The browser's own HLS player failed (Chromium's, new, cannot parse some H.264 streams that
+// hls.js plays: PipelineStatus::DEMUXER_ERROR_COULD_NOT_PARSE): hls.js gets one try.
 playerEl.addEventListener("error", () => {
   if (playback === "hls" && !hls) {
     playerEl.removeAttribute("src");
-    setPlayback("failed", "The HLS video cannot be played.");
+    if (nativeHlsFailed) {
+      setPlayback("failed", "The HLS video cannot be played.");
+      return;
+    }
+    nativeHlsFailed = true;
+    const url = `/hls/${encodeURIComponent(streamId)}/index.m3u8`;
+    playHlsJs(url, (why) => setPlayback("failed", `The HLS video cannot be played: ${why}`));
   }
 });
 

@@ -54,6 +54,16 @@ RECEIVED_CODEC = """async () => {
   }
   return null;
 }"""
+PLAYER_STATE = """() => {
+  const video = document.getElementById("player");
+  const ranges = [];
+  for (let i = 0; i < video.buffered.length; i++) {
+    ranges.push([video.buffered.start(i), video.buffered.end(i)]);
+  }
+  return {note: document.getElementById("player-note").textContent, paused: video.paused,
+          readyState: video.readyState, currentTime: video.currentTime, buffered: ranges,
+          error: video.error && video.error.message, native: !hls};
+}"""
 # Makes the page's browser answer `canPlayType` for HLS as told (%s: a JavaScript string).
 SAYS_HLS = """{
   const canPlayType = HTMLMediaElement.prototype.canPlayType;
@@ -154,8 +164,12 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
     await hls_watcher.goto(str(api.client.make_url(f"/watch/{room}")))
     await expect(hls_watcher.locator("#player-note")).to_have_attribute(
         "data-state", "hls", timeout=WAIT_MS)
-    async with asyncio.timeout(2 * WAIT_MS / 1000):
-        seen_hls = await hls_watcher.evaluate(COUNT_FRAMES, 30)
+    try:
+        async with asyncio.timeout(2 * WAIT_MS / 1000):
+            seen_hls = await hls_watcher.evaluate(COUNT_FRAMES, 30)
+    except TimeoutError:
+        state = await hls_watcher.evaluate(PLAYER_STATE)
+        raise AssertionError(f"the HLS page painted no 30 frames: {state}") from None
     assert refused == [(422, "unsupported_codec")]
     assert seen_hls["webrtc"] is False and seen_hls["width"] > 0
     assert seen_hls["times"][-1] > seen_hls["times"][0]  # the picture moves on
