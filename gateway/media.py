@@ -609,7 +609,10 @@ class MediaHub:
         interval_s = self.services.settings.media_lease_s / 3
         while not self._stopping:
             held = [sid for sid, broadcast in self.broadcasts.items() if broadcast.is_held]
-            await self._renew(held)
+            try:
+                await self._renew(held)
+            except Exception:  # the loop must outlive any one failure, or leases lapse
+                log.exception("media leases not renewed")
             await asyncio.sleep(interval_s)
 
     async def _renew(self, stream_ids: list[StreamId]) -> None:
