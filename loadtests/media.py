@@ -2,6 +2,7 @@
 
     python -m loadtests.media [--viewers 20] [--seconds 20] [--idle 5] [--warmup 3]
                               [--late-joiners 5] [--together 8] [--together-rounds 3]
+                              [--spread 0.5]
                               [--codec vp8|h264] [--skip-baseline]
 
 **Livecore**: a real ``livecore serve`` (its own process, ``LIVECORE_PROCESSES=1``, against
@@ -32,9 +33,11 @@ What is measured, for each server:
   keep watching: a new viewer (offer made beforehand) from its WHEP ``POST`` to its first frame
   (which includes the answer, ICE, DTLS and the wait for a keyframe).
 * **joiners arriving together**: ``--together-rounds`` times, ``--together`` new viewers
-  POST their offers (made beforehand) at the same moment: first frame p50 and p95 over all of
-  them, each from its own POST. They share the keyframe requests (at most one per
-  ``PLI_INTERVAL_S`` goes to the publisher), so this is where a dropped request shows.
+  POST their offers (made beforehand) within ``--spread`` seconds of each other (evenly; 0: at
+  the same moment): first frame p50 and p95 over all of them, each from its own POST, and their
+  WHEP answer times (the server's share before ICE and DTLS). They share the keyframe
+  requests (at most one per ``PLI_INTERVAL_S`` goes to the publisher), so this is where a
+  dropped request shows.
 * **glass to glass**: the camera paints the wall-clock milliseconds at which it made each frame
   (24 bits and an 8-bit check, one bit per 40x40 block of the luma plane's top 80 rows); the
   decoding viewer reads them back from what it decodes: latency = time read - time painted
@@ -448,6 +451,8 @@ class Run:
     first_frame_ms: list[float] = field(default_factory=list)
     #: First frames of the viewers who joined together (--together), from each one's POST.
     together_ms: list[float] = field(default_factory=list)
+    #: ... and from each one's POST to its answer (the server's share: SDP, ICE gathering).
+    together_answer_ms: list[float] = field(default_factory=list)
     glass_ms: list[float] = field(default_factory=list)
     hls_ms: list[float] = field(default_factory=list)  # frames' age when their LL-HLS part came
     hls_hold_back_s: float = 0.0
@@ -492,6 +497,10 @@ class Run:
 
     def together_at(self, fraction: float) -> float | None:
         return percentile(sorted(self.together_ms), fraction) if self.together_ms else None
+
+    def together_answer_at(self, fraction: float) -> float | None:
+        answers = self.together_answer_ms
+        return percentile(sorted(answers), fraction) if answers else None
 
     def glass_at(self, fraction: float) -> float | None:
         return percentile(sorted(self.glass_ms), fraction) if self.glass_ms else None
@@ -637,25 +646,29 @@ async def measure(name: str, base: str, stream_id: str, key: str, pid: int,
 
 async def joiners_together(http: aiohttp.ClientSession, stream_id: str,
                            args: argparse.Namespace, run: Run, name: str) -> None:
-    """``--together`` viewers POST their offers (made beforehand) at the same moment, while
-    the others keep watching: each one's time from its POST to its first frame."""
+    """``--together`` viewers POST their offers (made beforehand) within ``--spread`` seconds
+    of each other (evenly), while the others keep watching: each one's time from its POST to
+    its first frame."""
     joiners = [Viewer(args.codec) for _ in range(args.together)]
     try:
         for joiner in joiners:
             await joiner.pc.setLocalDescription(await joiner.pc.createOffer())
 
-        async def join(joiner: Viewer) -> None:
+        async def join(joiner: Viewer, delay_s: float) -> None:
+            await asyncio.sleep(delay_s)
             joiner.posted_at = time.perf_counter()
             status, body, joiner.location = await _post(http, f"/whep/{stream_id}",
                                                         joiner.pc.localDescription.sdp, {})
             if status != 201:
                 raise Failed(f"WHEP answered {status}: {body[:300]}")
+            run.together_answer_ms.append((time.perf_counter() - joiner.posted_at) * 1000)
             await joiner.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
                     await joiner.first.wait()
 
-        await asyncio.gather(*(join(joiner) for joiner in joiners))
+        step = args.spread / max(1, len(joiners) - 1)
+        await asyncio.gather(*(join(joiner, i * step) for i, joiner in enumerate(joiners)))
         late = sum(1 for joiner in joiners if joiner.first_frame_s is None)
         if late:
             run.failures.append(f"{name}: {late} joiner(s) arriving together got no frame"
@@ -774,11 +787,15 @@ def report(args: argparse.Namespace, subject: Run, baseline: Run | None) -> None
             other.median_first_ms, "{:,.0f}"),
         Row("late joiner's first frame, max ms", max(subject.first_frame_ms, default=None),
             max(other.first_frame_ms, default=None), "{:,.0f}"),
-        Row(f"joiners arriving together ({args.together} at once, {args.together_rounds}"
-            " rounds): first frame p50 ms", subject.together_at(0.5), other.together_at(0.5),
-            "{:,.0f}"),
+        Row(f"joiners arriving together ({args.together} within {args.spread:g} s,"
+            f" {args.together_rounds} rounds): first frame p50 ms", subject.together_at(0.5),
+            other.together_at(0.5), "{:,.0f}"),
         Row("joiners arriving together: first frame p95 ms", subject.together_at(0.95),
             other.together_at(0.95), "{:,.0f}"),
+        Row("joiners arriving together: WHEP answer p50 ms", subject.together_answer_at(0.5),
+            other.together_answer_at(0.5), "{:,.0f}"),
+        Row("joiners arriving together: WHEP answer p95 ms", subject.together_answer_at(0.95),
+            other.together_answer_at(0.95), "{:,.0f}"),
         Row("glass to glass p50 ms", subject.glass_at(0.5), other.glass_at(0.5), "{:,.0f}"),
         Row("glass to glass p95 ms", subject.glass_at(0.95), other.glass_at(0.95), "{:,.0f}"),
         Row("glass to glass max ms", max(subject.glass_ms, default=None),
@@ -912,6 +929,8 @@ def main() -> None:
     parser.add_argument("--together", type=int, default=8,
                         help="viewers joining at the same moment, for their first frame p95")
     parser.add_argument("--together-rounds", type=int, default=3)
+    parser.add_argument("--spread", type=float, default=0.5,
+                        help="seconds over which the --together viewers arrive (0: at once)")
     parser.add_argument("--baseline-viewers", type=int, default=0,
                         help="counting viewers of the baseline (default: --viewers); fewer"
                              " keep it from running out of CPU on a small machine")
@@ -925,7 +944,7 @@ def main() -> None:
         return
     if (min(args.viewers, args.seconds, args.idle) <= 0 or args.warmup < 0
             or args.late_joiners < 0 or args.baseline_viewers < 0 or args.together < 0
-            or args.together_rounds < 0):
+            or args.together_rounds < 0 or args.spread < 0):
         parser.error("viewers, seconds and idle must be positive")
     logs = tempfile.mkdtemp(prefix="livecore-media-logs-")
     subject, baseline = asyncio.run(run_all(args, logs))
