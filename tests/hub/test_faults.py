@@ -114,7 +114,11 @@ async def test_gifts_pause_while_postgres_is_down_and_resume_with_the_same_ids(o
 async def test_a_server_stopped_right_after_it_started_stops(services):
     """Stopped while its first Redis commands are in flight: redis-py may swallow that
     cancellation, and the service's loops must end anyway (they used to run on forever)."""
+    before = asyncio.all_tasks()
     for _ in range(3):
         async with asyncio.timeout(30):
             async with ApiClient.serving(create_app(services)):
                 pass
+        # Every task the app started (hub loops, gift flusher, media counting) has ended.
+        left = {t for t in asyncio.all_tasks() - before if not t.done()}
+        assert left == set(), sorted(t.get_name() for t in left)
