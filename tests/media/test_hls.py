@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import fractions
 import io
+import random
 import re
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import av
@@ -371,3 +372,22 @@ def test_memory_stays_flat_over_a_long_stream(tmp_path: Path) -> None:
     assert samples[60] - samples[20] < 256 * 1024
     assert peak - samples[20] < bytes_per_segment
     assert len(packager.rendition.segments) == 30
+
+
+def test_a_stall_and_jittery_timestamps_keep_every_part_within_its_target(
+        tmp_path: Path) -> None:
+    """A browser's capture times jitter by a few milliseconds, and a network stall leaves 1.5 s
+    without video: no part passes PART-TARGET (the stall lasts one part on the HLS timeline),
+    and every frame still decodes."""
+    source = h264_source(1280, 720, 2_500_000)
+    jitter = random.Random(7)
+    units = []
+    for unit in source.units:
+        stall = 135_000 if unit.pts >= 2 * CLOCK else 0  # 1.5 s, right before the keyframe
+        shaken = unit.pts + stall + (jitter.randint(-450, 450) if unit.pts else 0)
+        units.append(replace(unit, pts=shaken))
+    packaged = package(replace(source, units=tuple(units)), tmp_path)
+    check_packaged(packaged)  # parts <= PART-TARGET in every playlist
+    replay = m3u8.loads((tmp_path / "index.m3u8").read_text())
+    total = sum(s.duration for s in replay.segments)
+    assert total == pytest.approx(4.0 - 1 / FPS + PART_TARGET_S, abs=0.02)
