@@ -468,7 +468,7 @@ def _h264_encoder(width: int, height: int) -> Any:
     encoder.time_base = _TIME_BASE
     encoder.framerate = fractions.Fraction(30, 1)
     encoder.options = {"preset": "veryfast", "tune": "zerolatency", "bf": "0",
-                       "g": str(TARGET_DURATION_S * 30), "keyint_min": "30",
+                       "g": str(SEGMENT_S * 30), "keyint_min": "30",
                        "sc_threshold": "0", "repeat-headers": "1"}
     encoder.open()
     return encoder

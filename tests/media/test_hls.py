@@ -16,7 +16,13 @@ import av
 import m3u8  # type: ignore[import-untyped]
 import pytest
 
-from gateway.hls import PART_TARGET_S, PLAYLIST_TYPE, TARGET_DURATION_S, Packager
+from gateway.hls import (
+    PART_TARGET_S,
+    PLAYLIST_TYPE,
+    TARGET_DURATION_S,
+    Packager,
+    Transcoder,
+)
 from livecore.hls import TICKS_PER_S
 from tests.media.test_whip_whep import (
     HEIGHT,
@@ -25,7 +31,7 @@ from tests.media.test_whip_whep import (
     publish,
     until,
 )
-from tests.media_sources import CLOCK, FPS, Source, h264_source
+from tests.media_sources import CLOCK, FPS, Source, h264_source, vp8_source
 from tests.support import ApiClient, until_state
 
 
@@ -391,3 +397,26 @@ def test_a_stall_and_jittery_timestamps_keep_every_part_within_its_target(
     replay = m3u8.loads((tmp_path / "index.m3u8").read_text())
     total = sum(s.duration for s in replay.segments)
     assert total == pytest.approx(4.0 - 1 / FPS + PART_TARGET_S, abs=0.02)
+
+
+async def test_vp8_is_encoded_to_h264_with_a_keyframe_every_segment_length(
+        tmp_path: Path) -> None:
+    """A browser's VP8 with keyframes 9 s apart: the transcoder's own keyframes (every
+    SEGMENT_S) cut the segments, each starting on one, and the output passes every check."""
+    source = vp8_source(320, 240, 500_000, seconds=7.0, keyframe_s=9.0)
+    packager = Packager(tmp_path)
+    transcoder = Transcoder(packager)
+    for unit in source.units:
+        transcoder.add_vp8(unit.data, unit.pts, unit.keyframe)
+    last = source.units[-1].pts
+    async with asyncio.timeout(60):
+        while packager.last_pts != last:  # noqa: ASYNC110  (results come back on the loop)
+            await asyncio.sleep(0.05)
+    transcoder.close()
+    packager.finish()
+    segments = packager.rendition.segments
+    assert all(segment.parts[0].independent for segment in segments)
+    assert [round(s.duration / TICKS_PER_S, 1) for s in segments] == [2.0, 2.0, 2.0, 1.0]
+    init = (tmp_path / "init.mp4").read_bytes()
+    frames = sum(len(decoded(init, (tmp_path / s.uri).read_bytes())) for s in segments)
+    assert frames == len(source.units)
