@@ -50,6 +50,7 @@ from livecore.errors import ClientError, NotFound, ServiceUnavailable
 from livecore.hls import (
     INIT_NAME,
     BoxFramer,
+    Chunk,
     ChunkKind,
     Part,
     Reload,
@@ -91,7 +92,7 @@ class _Output(io.RawIOBase):
     def __init__(self) -> None:
         super().__init__()
         self.framer = BoxFramer()
-        self.chunks: list[Any] = []
+        self.chunks: list[Chunk] = []
 
     def writable(self) -> bool:
         return True
@@ -104,7 +105,7 @@ class _Output(io.RawIOBase):
         self.chunks.extend(self.framer.feed(view))
         return view.nbytes
 
-    def take(self) -> list[Any]:
+    def take(self) -> list[Chunk]:
         chunks, self.chunks = self.chunks, []
         return chunks
 

@@ -1,10 +1,11 @@
 """One live HLS rendition with Low-Latency HLS parts, and its media playlist.
 
-The packager (PyAV in the gateway) writes fMP4 fragments of about one part target each; it
-tells a :class:`Rendition` about every part as it is written and about every segment boundary
-(the segment is the concatenation of its parts, cut on a keyframe). The rendition numbers them,
-names their files, decides what the playlist shows and renders it. It does no I/O and reads no
-clock: the only time it knows is media time, the sum of the durations it was fed.
+The packager (PyAV in the gateway) muxes fMP4; :class:`BoxFramer` cuts its byte stream into the
+init segment and fragments, and the packager gathers fragments into parts. It tells a
+:class:`Rendition` about every part as it is made; the rendition decides where segments are cut
+(a segment is the concatenation of its parts), numbers parts and segments, names their files,
+decides what the playlist shows and renders it. It does no I/O and reads no clock: the only time
+it knows is media time, the sum of the durations it was fed.
 
 Decisions, with the spec's sections (draft-pantos-hls-rfc8216bis, "HLS 2nd Edition"):
 
