@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import io
 import random
 import re
 import time
 import tracemalloc
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import av
 import m3u8  # type: ignore[import-untyped]
 import pytest
+from aiohttp import web
 
 from gateway.hls import (
     PART_TARGET_S,
     PLAYLIST_TYPE,
     TARGET_DURATION_S,
+    HlsOutput,
     Packager,
     Transcoder,
 )
+from livecore.errors import ClientError
 from livecore.hls import TICKS_PER_S
+from livecore.ids import StreamId
 from tests.media.test_whip_whep import (
     HEIGHT,
     WIDTH,
@@ -32,7 +39,7 @@ from tests.media.test_whip_whep import (
     until,
 )
 from tests.media_sources import CLOCK, FPS, Source, h264_source, vp8_source
-from tests.support import ApiClient, until_state
+from tests.support import ApiClient, page_errors, until_state
 
 
 async def playlist(api: ApiClient, stream_id: str,
@@ -420,3 +427,91 @@ async def test_vp8_is_encoded_to_h264_with_a_keyframe_every_segment_length(
     init = (tmp_path / "init.mp4").read_bytes()
     frames = sum(len(decoded(init, (tmp_path / s.uri).read_bytes())) for s in segments)
     assert frames == len(source.units)
+
+
+_PLAYER_PAGE = """<!doctype html><meta charset="utf-8"><video id="v" muted playsinline></video>
+<script src="/hls.min.js"></script>
+<script>
+window.fatal = [];
+const video = document.getElementById("v");
+const hls = new Hls({lowLatencyMode: true});
+hls.on(Hls.Events.ERROR, (_, data) => { if (data.fatal) window.fatal.push(data.details); });
+hls.loadSource("/hls/s/index.m3u8");
+hls.attachMedia(video);
+hls.on(Hls.Events.MANIFEST_PARSED, () => video.play());
+video.addEventListener("playing", () => { window.start ??= video.currentTime; });
+</script>"""
+
+
+async def test_hls_js_in_chromium_plays_the_live_stream_at_2_5_mbit(
+        tmp_path: Path, browser: Any) -> None:
+    """A real LL-HLS player: hls.js in Chromium, against the gateway's HLS answers for a 720p
+    stream at 2.5 Mbit/s fed in real time, plays 3 s on with no fatal error."""
+    source = h264_source(1280, 720, 2_500_000)
+    output = HlsOutput(tmp_path)
+    stream_id = StreamId(uuid.UUID(int=1))
+    packager = output.start(stream_id)
+
+    async def answer(handler: Any) -> web.StreamResponse:
+        try:
+            return cast(web.StreamResponse, await handler)
+        except ClientError as exc:
+            return web.Response(status=exc.status)
+
+    async def playlist_route(request: web.Request) -> web.StreamResponse:
+        return await answer(output.playlist(stream_id, request.query))
+
+    async def file_route(request: web.Request) -> web.StreamResponse:
+        return await answer(output.file(stream_id, request.match_info["name"]))
+
+    async def page_route(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=_PLAYER_PAGE, content_type="text/html")
+
+    async def script_route(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(Path(__file__).parents[2] / "web" / "vendor" / "hls.min.js")
+
+    app = web.Application()
+    app.router.add_get("/", page_route)
+    app.router.add_get("/hls.min.js", script_route)
+    app.router.add_get("/hls/s/index.m3u8", playlist_route)
+    app.router.add_get("/hls/s/{name}", file_route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def publish() -> None:
+        """The source in a loop, each frame at its time, as a publisher sends it."""
+        span = source.units[-1].pts + CLOCK // FPS
+        started = asyncio.get_running_loop().time()
+        for loop in range(100):
+            for unit in source.units:
+                pts = unit.pts + loop * span
+                delay = started + pts / CLOCK - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                packager.add_video(unit.data, pts, unit.keyframe)
+
+    feeding = asyncio.ensure_future(publish())
+    page = await browser.new_page()
+    errors = page_errors(page)
+    try:
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_function(  # 3 s played, from wherever hls.js started
+            "window.start !== undefined && document.getElementById('v').currentTime"
+            " >= window.start + 3", timeout=30_000)
+        played = await page.evaluate("""() => {
+            const video = document.getElementById('v');
+            return [video.getVideoPlaybackQuality().totalVideoFrames, window.fatal,
+                    video.error && video.error.message];
+        }""")
+    finally:
+        await page.close()
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeding
+        await runner.cleanup()
+    assert played[1] == [] and played[2] is None and errors == []
+    assert played[0] >= 60  # frames decoded by the browser (3 s at 30 fps, some dropped)
+    assert packager.rendition.target_duration_s == TARGET_DURATION_S
