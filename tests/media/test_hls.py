@@ -28,7 +28,7 @@ from gateway.hls import (
     Packager,
     Transcoder,
 )
-from livecore.errors import ClientError
+from livecore.errors import ClientError, NotFound
 from livecore.hls import TICKS_PER_S
 from livecore.ids import StreamId
 from tests.media.test_whip_whep import (
@@ -515,3 +515,40 @@ async def test_hls_js_in_chromium_plays_the_live_stream_at_2_5_mbit(
     assert played[1] == [] and played[2] is None and errors == []
     assert played[0] >= 60  # frames decoded by the browser (3 s at 30 fps, some dropped)
     assert packager.rendition.target_duration_s == TARGET_DURATION_S
+
+
+async def test_a_segment_is_served_only_once_whole_and_its_parts_meanwhile(
+        tmp_path: Path) -> None:
+    """While segment 0 is open its URL is 404 (never half a segment) and its parts are served
+    from its file as they are written; once closed, the segment is exactly its parts."""
+    source = h264_source(1280, 720, 6_000_000)
+    output = HlsOutput(tmp_path)
+    stream_id = StreamId(uuid.UUID(int=2))
+    packager = output.start(stream_id)
+    for unit in source.units:
+        if unit.pts >= 1.5 * CLOCK:
+            break
+        packager.add_video(unit.data, unit.pts, unit.keyframe)
+    hint = packager.rendition.next_part
+    assert hint is not None and hint.msn == 0 and hint.index > 0  # segment 0 is open
+    with pytest.raises(NotFound):
+        await output.file(stream_id, "seg0.m4s")
+    with pytest.raises(NotFound):
+        await output.file(stream_id, "seg0.m4s.tmp")
+    served: list[bytes] = []
+    for index in range(hint.index):
+        response = await output.file(stream_id, f"part0.{index}.m4s")
+        assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert isinstance(response.body, bytes)
+        served.append(response.body)
+    for unit in source.units:
+        if 1.5 * CLOCK <= unit.pts < 2.5 * CLOCK:
+            packager.add_video(unit.data, unit.pts, unit.keyframe)
+    segment = packager.rendition.segments[0]
+    for part in segment.parts[len(served):]:
+        body = (await output.file(stream_id, part.uri)).body
+        assert isinstance(body, bytes)
+        served.append(body)
+    response = await output.file(stream_id, "seg0.m4s")
+    assert response.body == b"".join(served)
+    output.finish(stream_id)
