@@ -512,6 +512,7 @@ async def test_hls_js_in_chromium_plays_the_live_stream_at_2_5_mbit(
         with contextlib.suppress(asyncio.CancelledError):
             await feeding
         await runner.cleanup()
+        output.finish(stream_id)
     assert played[1] == [] and played[2] is None and errors == []
     assert played[0] >= 60  # frames decoded by the browser (3 s at 30 fps, some dropped)
     assert packager.rendition.target_duration_s == TARGET_DURATION_S
