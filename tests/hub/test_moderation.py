@@ -323,3 +323,27 @@ async def test_auth_after_subscribing_applies_a_ban(node, live_room):
         await client.request({"type": "auth", "token": token})
         gone = await client.next_event("unsubscribed")
         assert gone["reason"] == "banned"
+
+
+async def test_a_banned_users_chat_is_answered_banned(node, second_node, live_room):
+    room, creator = live_room
+    victim, token = await node.api.new_user()
+    async with node.client(token) as client, second_node.client(token) as elsewhere:
+        await client.subscribe(room)
+        await client.request({"type": "chat", "room": room, "text": "hi"})
+        response, _ = await node.api.request(
+            "PUT", f"/api/v1/streams/{room}/chat/sanctions/{victim['id']}", token=creator,
+            json={"kind": "ban"})
+        assert response.status == 200
+        assert (await client.next_event("unsubscribed"))["reason"] == "banned"
+        # Removed from the room by the ban, and on a node where the user never subscribed.
+        for connection in (client, elsewhere):
+            with pytest.raises(HubError) as caught:
+                await connection.request({"type": "chat", "room": room, "text": "let me in"})
+            assert (caught.value.code, caught.value.message["room"]) == ("banned", room)
+        # Not subscribed and not banned stays not_subscribed; so does an unknown room.
+        _, bystander_token = await node.api.new_user()
+        async with node.client(bystander_token) as bystander:
+            for target in (room, str(uuid.uuid4())):
+                await _expect_error(bystander, {"type": "chat", "room": target, "text": "x"},
+                                    "not_subscribed")
