@@ -671,7 +671,12 @@ class Hub:
         position = await self.bus.position(room.id)
         epoch, seq = (position.epoch, position.seq) if position else ("", 0)
         result: dict[str, Any] = {"room": room.id, "epoch": epoch, "seq": seq}
-        if since is not None and since["epoch"] == epoch and since["seq"] <= seq:
+        # ("", 0) is the position of a room that has had no event yet: what followed is the
+        # current epoch from its first event, which recovery replays while history holds it
+        # (docs/protocol.md, "Recovery").
+        before_any = since is not None and since["epoch"] == "" and since["seq"] == 0
+        if since is not None and (since["epoch"] == epoch or before_any) \
+                and since["seq"] <= seq:
             missed = await self.bus.since(room.id, since["seq"], limit=HISTORY_EVENTS)
             seqs = [int(orjson.loads(raw)["seq"]) for raw in missed]
             # Recovered only if history holds every event after the client's position up to
