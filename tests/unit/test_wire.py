@@ -167,7 +167,7 @@ def test_server_messages_are_open_to_properties_added_later():
     document = wire.document()
     assert _open_everywhere(document["$defs"]["server"]) == []
     assert _open_everywhere(document["$defs"]["subscribe_result"]) == []
-    examples = {
+    examples: dict[str, dict[str, Any]] = {
         "pong": {"type": "pong", "server_time": 1.5},
         "chat.removed": {"type": "chat.removed", "seq": 3, "epoch": "e",
                          "room": "7f1d6a34-2b9e-4c1d-8e5f-0a6b3c9d2e17", "ts": 1.0,
@@ -178,7 +178,7 @@ def test_server_messages_are_open_to_properties_added_later():
     for kind, message in examples.items():
         validator = Draft202012Validator(document["$defs"]["server"][kind])
         assert list(validator.iter_errors(message)) == []
-        later = {**message, "added_later": {"x": 1}}
+        later: dict[str, Any] = {**message, "added_later": {"x": 1}}
         if "data" in later:
             later["data"] = {**later["data"], "reason": "spam"}
             later["data"]["by"] = {**later["data"]["by"], "avatar": "a.png"}
