@@ -146,4 +146,6 @@ class Runner(web.AppRunner):
         def observe(status: int, seconds: float) -> None:
             metrics_registry.observe_request("GET", WS_PATH, status, seconds)
 
-        return cast(web.Server, FrontDoor(server, app[HUB_KEY].admit, observe))
+        return cast(web.Server, FrontDoor(
+            server, app[HUB_KEY].admit, observe,
+            header_timeout_s=app[SERVICES_KEY].settings.header_timeout_s))
