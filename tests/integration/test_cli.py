@@ -97,6 +97,17 @@ async def test_worker_heartbeats_and_stops_on_sigterm(backend, services):
         assert await services.redis.exists(key) == 0
 
 
+def _listening(port: int) -> set[tuple[int | None, str]]:
+    """(pid, address) of the sockets listening on ``port``."""
+    found = set()
+    for conn in psutil.net_connections("tcp"):
+        address = conn.laddr
+        if conn.status == psutil.CONN_LISTEN and isinstance(address, tuple) and address \
+                and address[1] == port:
+            found.add((conn.pid, str(address[0])))
+    return found
+
+
 async def test_serve_flags_override_the_environment(backend):
     import aiohttp
 
@@ -111,15 +122,13 @@ async def test_serve_flags_override_the_environment(backend):
         assert f"http://127.0.0.1:{port} (2 processes on the port)" in banner
         # Two processes listen on the flag's address and port (the extra one took them too,
         # not LIVECORE_HOST and PORT from its environment).
-        listening: set[tuple[int, str]] = set()
+        listening: set[tuple[int | None, str]] = set()
         deadline = time.monotonic() + 60
         while len(listening) < 2 and time.monotonic() < deadline:
-            listening = {(c.pid, c.laddr.ip) for c in psutil.net_connections("tcp")
-                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+            listening = _listening(port)
             await asyncio.sleep(0.2)
         assert len(listening) == 2 and {ip for _pid, ip in listening} == {"127.0.0.1"}
-        assert not [c for c in psutil.net_connections("tcp")
-                    if c.status == psutil.CONN_LISTEN and c.laddr.port == other]
+        assert _listening(other) == set()
         async with aiohttp.ClientSession() as http:
             for _ in range(4):
                 async with http.get(f"http://127.0.0.1:{port}/healthz",
