@@ -347,3 +347,24 @@ async def test_a_banned_users_chat_is_answered_banned(node, second_node, live_ro
             for target in (room, str(uuid.uuid4())):
                 await _expect_error(bystander, {"type": "chat", "room": target, "text": "x"},
                                     "not_subscribed")
+
+
+async def test_a_room_activated_by_a_refused_subscribe_is_let_go(node, live_room, monkeypatch):
+    import gateway.hub
+    from gateway.app import HUB_KEY
+
+    monkeypatch.setattr(gateway.hub, "IDLE_ROOM_S", 0.1)
+    hub = node.api.client.server.app[HUB_KEY]
+    room, creator = live_room
+    victim, token = await node.api.new_user()
+    await node.api.request("PUT", f"/api/v1/streams/{room}/chat/sanctions/{victim['id']}",
+                           token=creator, json={"kind": "ban"})
+    async with node.client(token) as client:
+        await _expect_error(client, {"type": "subscribe", "room": room}, "banned")
+        # Activated to judge the request, joined by nobody: the presence pass (every 2 s)
+        # lets it go. A generous bound, no timing.
+        for _ in range(300):
+            if room not in hub.rooms:
+                break
+            await asyncio.sleep(0.1)
+        assert room not in hub.rooms
