@@ -334,6 +334,7 @@ async def test_a_refund_before_its_payment_is_applied_when_the_payment_comes(
     assert await services.purchases.handle_event(refund) == "unmatched"
     completed = _event("checkout.session.completed", {
         "id": purchase.checkout_id, "object": "checkout.session", "payment_status": "paid",
+        "amount_total": 99, "currency": "usd",
         "payment_intent": "pi_late", "metadata": {"purchase_id": str(purchase.id)},
         "client_reference_id": str(purchase.id)})
     assert await services.purchases.handle_event(completed) == "applied"
