@@ -273,3 +273,23 @@ async def test_a_retry_gets_the_stored_answer_whatever_changed_since(node, econo
         assert (response.status, fresh["error"]["code"]) == (409, "stream_not_live")
     _, wallet = await api.request("GET", "/api/v1/me/wallet", token=viewer)
     assert wallet["coins"] == 100 - 2 * 7
+
+
+async def test_concurrent_duplicate_gifts_are_answered_as_a_retry_is(node, economy):
+    """Five identical gifts at once over HTTP: one 201, four 200 replays, each equal to
+    what a retry afterwards gets; the coins move once."""
+    api, room, viewer = node.api, economy["stream"], economy["viewer"]
+    body = {"gift_id": str(uuid.uuid4()), "stream_id": room, "gift": "coffee"}
+
+    async def send() -> tuple[int, dict[str, object]]:
+        response, answer = await api.request("POST", "/api/v1/gifts", token=viewer, json=body)
+        return response.status, answer
+
+    answers = await asyncio.gather(*(send() for _ in range(5)))
+    status, retry = await send()
+    assert status == 200 and retry["replayed"] is True, retry
+    assert sorted(s for s, _ in answers) == [200, 200, 200, 200, 201], answers
+    for _, answer in answers:
+        assert {k: answer[k] for k in (*_STORED, "balance")} == {
+            k: retry[k] for k in (*_STORED, "balance")}
+    assert retry["balance"] == 90
