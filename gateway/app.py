@@ -15,7 +15,7 @@ from gateway.api import ROUTES, SERVICES_KEY, Call, Route, add_routes
 from gateway.chat_api import CHAT_ROUTES
 from gateway.finance_api import FINANCE_ROUTES
 from gateway.gift_api import GIFT_ROUTES
-from gateway.http import METRICS_KEY, edge_middleware, json_response
+from gateway.http import METRICS_KEY, edge_middleware, json_response, security_headers
 from gateway.hub import Hub
 from gateway.media import add_media_routes
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -92,6 +92,9 @@ def web_dir() -> Path:
 
 def create_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[edge_middleware])
+    public = services.settings.public_url
+    app.on_response_prepare.append(
+        security_headers(https=public is not None and public.lower().startswith("https://")))
     app[SERVICES_KEY] = services
     metrics_registry = Metrics()
     metrics_registry.track_pool(lambda: services.pool.get_size())
@@ -143,4 +146,6 @@ class Runner(web.AppRunner):
         def observe(status: int, seconds: float) -> None:
             metrics_registry.observe_request("GET", WS_PATH, status, seconds)
 
-        return cast(web.Server, FrontDoor(server, app[HUB_KEY].admit, observe))
+        return cast(web.Server, FrontDoor(
+            server, app[HUB_KEY].admit, observe,
+            header_timeout_s=app[SERVICES_KEY].settings.header_timeout_s))

@@ -118,9 +118,11 @@ class LoginThrottle:
     async def failed(self, username: str, address: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             for key in self._keys(username, address).values():
+                # The window starts at the first failure; later failures do not extend it:
+                # the key is made with its expiry only if absent, and INCR keeps the expiry.
+                # (Not ``EXPIRE ... NX``: that is Redis 7, and 6.2 is supported.)
+                pipe.set(key, 0, ex=self._window_s, nx=True)
                 pipe.incr(key)
-                # The window starts at the first failure; later failures do not extend it.
-                pipe.expire(key, self._window_s, nx=True)
             await pipe.execute()
 
     async def succeeded(self, username: str, address: str) -> None:

@@ -18,7 +18,7 @@ from gateway.api import Call, Route, owned_or_moderated
 from gateway.http import json_response
 from gateway.store import ChatSettings, SanctionRecord
 from livecore.chat import MAX_SLOW_MODE_S, SanctionKind, clean_blocked_words
-from livecore.errors import Conflict, ValidationFailed
+from livecore.errors import Conflict, NotFound, ValidationFailed
 from livecore.ids import parse_user_id, parse_uuid
 from livecore.schemas import UUID, Schema
 from livecore.streams import Stream
@@ -115,13 +115,25 @@ async def put_chat_settings(call: Call) -> web.StreamResponse:
 
 
 async def remove_message(call: Call) -> web.StreamResponse:
+    """Remove a chat message of this stream's room: one still in the room's stored history
+    (its last events, as recovery keeps them); anything else is 404 ``message_not_found`` and
+    publishes nothing. Removing a message already removed changes nothing (204)."""
     stream = await owned_or_moderated(call)
     message_id = parse_uuid(call.request.match_info["message_id"], what="message")
+    room, needle = str(stream.id), str(message_id)
+    state = await call.services.bus.chat_message_state(room, needle)
+    if state == "missing":
+        raise NotFound(f"No chat message with id {needle!r} in this stream's recent chat.",
+                       code="message_not_found")
+    if state == "removed":
+        return web.Response(status=204)
     await call.services.chat.log_removal(stream.id, message_id, actor_id=call.account.id,
                                          now=call.now)
-    await call.services.bus.publish(
-        str(stream.id), "chat.removed",
-        {"message_id": str(message_id), "by": _ref(call.account.id, call.account.username)},
+    # Checked again in the same atomic step as the publish: a concurrent removal of the same
+    # message publishes once.
+    await call.services.bus.remove_chat(
+        room, needle,
+        {"message_id": needle, "by": _ref(call.account.id, call.account.username)},
         time.time(),
     )
     return web.Response(status=204)

@@ -360,10 +360,43 @@ async def set_roles(database_url: str, args: argparse.Namespace) -> str:
     return f"{account.username} now has roles {', '.join(sorted_roles(account.roles))}."
 
 
+#: ``serve``'s flags and the variables they override.
+SERVE_FLAGS = {"host": "LIVECORE_HOST", "port": "PORT", "processes": "LIVECORE_PROCESSES"}
+
+
+def _bounded(name: str, low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The environment variables ``serve``'s flags set (only the flags given)."""
+    return {variable: str(getattr(args, flag)) for flag, variable in SERVE_FLAGS.items()
+            if getattr(args, flag, None) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_command = commands.add_parser("serve", help="run the HTTP gateway")
+    serve_command = commands.add_parser(
+        "serve", help="run the HTTP gateway",
+        description="Run the HTTP gateway. Each flag overrides its environment variable.")
+    serve_command.add_argument(
+        "--host", help="address to bind (overrides LIVECORE_HOST; 0.0.0.0 for all)")
+    serve_command.add_argument(
+        "--port", type=_bounded("port", 0, 65535), help="TCP port (overrides PORT; 0: any free)")
+    serve_command.add_argument(
+        "--processes", type=_bounded("processes", 1, 1024),
+        help="serving processes on the port (overrides LIVECORE_PROCESSES)")
     # Set by the first serving process on the others it starts (LIVECORE_PROCESSES).
     serve_command.add_argument(EXTRA_FLAG, dest="extra_process", action="store_true",
                                help=argparse.SUPPRESS)
@@ -406,6 +439,11 @@ def run(argv: list[str] | None, environ: dict[str, str] | Any) -> int:
         # Needs no settings, database or Redis: the schemas are constants of the code.
         sys.stdout.write(json.dumps(protocol_document(), indent=2, sort_keys=True) + "\n")
         return 0
+    if args.command == "serve":
+        overrides = serve_overrides(args)
+        environ = {**environ, **overrides}
+        # The extra serving processes (LIVECORE_PROCESSES) read this process's environment.
+        os.environ.update(overrides)
     try:
         settings = Settings.from_env(environ)
     except LivecoreError as exc:

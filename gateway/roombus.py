@@ -58,6 +58,37 @@ return #ARGV / 4
 """
 
 
+# Removing a chat message, atomically: look for the message in the room's history (newest
+# first) and, in mode "remove", publish the removal only if the message is there and not yet
+# removed, so a removal never names a message this room did not have (or has forgotten) and
+# two removals of one message publish one event.
+# KEYS, ARGV[1..4]: as _PUBLISH; ARGV[5]: '"message_id":"<id>"'; ARGV[6]: "check" or "remove".
+# Returns {state, seq}: state "missing", "present" or "removed" (as found before this call).
+#
+# Matching the JSON text is sound: every value a user chose (chat text, names) is a JSON
+# string, where a quote is always escaped, so '"message_id":"' and '"type":"' only occur as
+# the event's own keys; ``type`` comes before ``data`` in every event (see publish).
+_REMOVE_CHAT = "local function publish(KEYS, ARGV)\n" + _PUBLISH + """end
+local entries = redis.call('XREVRANGE', KEYS[2], '+', '-')
+local state = 'missing'
+for _, entry in ipairs(entries) do
+  local event = entry[2][2]
+  if string.find(event, ARGV[5], 1, true) then
+    if string.find(event, '"type":"chat.removed"', 1, true) then
+      state = 'removed'
+      break
+    elseif string.find(event, '"type":"chat.message"', 1, true) then
+      state = 'present'
+      break
+    end
+  end
+end
+if state ~= 'present' or ARGV[6] ~= 'remove' then return {state, 0} end
+local published = publish(KEYS, ARGV)
+return {state, published[1]}
+"""
+
+
 @dataclass(frozen=True)
 class RoomPosition:
     epoch: str
@@ -72,6 +103,7 @@ class RoomBus:
         self.prefix = prefix
         self._publish = redis.register_script(_PUBLISH)
         self._publish_many = redis.register_script(_PUBLISH_MANY)
+        self._remove_chat = redis.register_script(_REMOVE_CHAT)
 
     def _key(self, room: str, name: str) -> str:
         return f"{self.prefix}room:{{{room}}}:{name}"
@@ -107,6 +139,31 @@ class RoomBus:
                      orjson.dumps({"type": event_type, "room": room, "ts": round(ts, 3),
                                    "data": data}), HISTORY_EVENTS]
         await self._publish_many(keys=keys, args=args)
+
+    async def chat_message_state(self, room: str, message_id: str) -> str:
+        """``"present"``, ``"removed"`` or ``"missing"``: whether the room's stored history
+        (its last :data:`~livecore.wire.HISTORY_EVENTS` events) holds this chat message,
+        and whether it was removed since."""
+        state, _seq = await self._remove_chat(
+            keys=[self._key(room, "state"), self._key(room, "history")],
+            args=[self.channel(room), "", b"{}", HISTORY_EVENTS,
+                  f'"message_id":"{message_id}"', "check"],
+        )
+        return str(state.decode() if isinstance(state, bytes) else state)
+
+    async def remove_chat(self, room: str, message_id: str, data: dict[str, Any],
+                          ts: float) -> int | None:
+        """Publish ``chat.removed`` for a message in the room's history that is not removed
+        yet (one atomic step); its ``seq``, or ``None`` when nothing was published."""
+        body = orjson.dumps({"type": "chat.removed", "room": room, "ts": round(ts, 3),
+                             "data": data})
+        state, seq = await self._remove_chat(
+            keys=[self._key(room, "state"), self._key(room, "history")],
+            args=[self.channel(room), secrets.token_hex(8), body, HISTORY_EVENTS,
+                  f'"message_id":"{message_id}"', "remove"],
+        )
+        state = state.decode() if isinstance(state, bytes) else state
+        return int(seq) if state == "present" else None
 
     async def position(self, room: str) -> RoomPosition | None:
         epoch, seq = await self._redis.hmget(self._key(room, "state"), ["epoch", "seq"])

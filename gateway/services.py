@@ -20,6 +20,7 @@ from ledger.postgres import create_pool
 from ledger.providers import PaymentProvider, provider_for
 from livecore.errors import ServiceUnavailable
 from livecore.settings import Settings
+from livecore.versions import check_postgres, check_redis
 
 REDIS_TIMEOUT_S = 5.0
 REDIS_POOL_MAX = 200
@@ -42,10 +43,15 @@ async def connect_redis(url: str) -> aioredis.Redis:
     )
     client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes the pool with it
     try:
-        await client.ping()
+        info = await client.info("server")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         await client.aclose()
         raise ServiceUnavailable(f"Redis is unreachable: {exc}", code="redis_unavailable") from exc
+    try:
+        check_redis(str(info.get("redis_version", "")))
+    except BaseException:
+        await client.aclose()
+        raise
     return client
 
 
@@ -90,6 +96,7 @@ class Services:
     async def connect(cls, settings: Settings, *, database_url: str, redis_url: str) -> Services:
         pool = await create_pool(database_url, max_size=settings.db_pool_max)
         try:
+            check_postgres(str(await pool.fetchval("SHOW server_version")))
             client = await connect_redis(redis_url)
         except BaseException:
             await pool.close()

@@ -20,6 +20,26 @@ reaches aiohttp:
 A client that sends ``GET /ws`` on a connection it already used for other requests (some HTTP
 clients pool connections) is upgraded by aiohttp's route and fed into the same
 :class:`ServerSocket` from aiohttp's reader (:meth:`ServerSocket.attach_aiohttp`).
+
+The header deadline (slowloris)
+-------------------------------
+
+A client that opens a connection and sends part of a request line or of its headers, then
+stalls (or trickles a byte now and then), would hold a socket, a file descriptor and a little
+memory for ever: the :class:`Doorway` waits for a line end without a timer, the websocket
+handshake parser too, and aiohttp has no header read timeout of its own (its
+``RequestHandler`` only closes a connection that is still idle when its keep-alive timeout, an
+hour by default, runs out). A few hundred such clients exhaust a node. So every new connection
+gets one :class:`HeaderDeadline` (``LIVECORE_HEADER_TIMEOUT_S``) when it is accepted: its first
+request line and headers must be complete before it runs out, or the connection is answered
+``408`` and closed. It is handed along with the connection: the doorway keeps it until the
+request line is read; the websocket handshake cancels it once it has parsed the request;
+aiohttp's side cancels it when aiohttp builds the request object, which it does as soon as the
+headers are parsed (the ``request_factory`` hook of :class:`aiohttp.web.Server`, wrapped by
+:class:`FrontDoor`: the one public place where aiohttp says "headers complete"). It is written
+by hand because neither aiohttp nor asyncio offers one. Hence what it does not govern: a
+request body (a slow but steady upload is not cut), and later requests on a kept-alive
+connection (aiohttp's keep-alive timeout decides, as before).
 """
 
 from __future__ import annotations
@@ -65,6 +85,40 @@ def _is_upgrade_line(line: bytes) -> bool:
     return line.startswith((b"GET /ws ", b"GET /ws?"))
 
 
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                    b"Content-Length: 0\r\n\r\n")
+
+
+class HeaderDeadline:
+    """Closes a connection whose first request line and headers are not complete in time
+    (see the module's notes on slowloris)."""
+
+    __slots__ = ("transport", "handle", "on_expiry")
+
+    def __init__(self, transport: asyncio.Transport, seconds: float) -> None:
+        self.transport = transport
+        self.handle = asyncio.get_running_loop().call_later(seconds, self._expire)
+        #: Called when it runs out (the front door forgets the connection).
+        self.on_expiry: Callable[[], None] | None = None
+
+    def cancel(self) -> None:
+        """The headers are complete: the connection is the protocol's from now on."""
+        self.handle.cancel()
+        self.on_expiry = None
+
+    def _expire(self) -> None:
+        if self.on_expiry is not None:
+            self.on_expiry()
+            self.on_expiry = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        log.info("closing a connection that did not send its headers in time",
+                 extra={"peer": repr(transport.get_extra_info("peername"))})
+        transport.write(_REQUEST_TIMEOUT)
+        transport.close()
+
+
 class FrontDoor:
     """The protocol factory for the listening socket: aiohttp's server, with ``/ws`` aside.
 
@@ -72,13 +126,37 @@ class FrontDoor:
     are looked up on the wrapped :class:`aiohttp.web.Server`.
     """
 
-    def __init__(self, http_server: web.Server, admit: Admit, observe: Observe) -> None:
+    def __init__(self, http_server: web.Server, admit: Admit, observe: Observe, *,
+                 header_timeout_s: float) -> None:
         self.http = http_server
         self.admit = admit
         self.observe = observe
+        self.header_timeout_s = header_timeout_s
+        #: aiohttp protocols given a connection whose first request has no headers yet.
+        self._awaiting_headers: dict[asyncio.BaseProtocol, HeaderDeadline] = {}
+        make_request = http_server.request_factory
+
+        def request_factory(message: Any, payload: Any, protocol: Any, writer: Any,
+                            task: Any) -> Any:
+            deadline = self._awaiting_headers.pop(protocol, None)
+            if deadline is not None:
+                deadline.cancel()
+            return make_request(message, payload, protocol, writer, task)
+
+        # Read by each RequestHandler when it is created, so set before any connection.
+        http_server.request_factory = request_factory
 
     def __call__(self) -> asyncio.Protocol:
         return Doorway(self)
+
+    def hand_to_http(self, protocol: asyncio.BaseProtocol, deadline: HeaderDeadline) -> None:
+        """``protocol`` (aiohttp's) serves the connection once its headers come in time."""
+        self._awaiting_headers[protocol] = deadline
+
+        def forget() -> None:
+            self._awaiting_headers.pop(protocol, None)
+
+        deadline.on_expiry = forget
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.http, name)
@@ -87,30 +165,33 @@ class FrontDoor:
 class Doorway(asyncio.Protocol):
     """A new connection until its first request line is read."""
 
-    __slots__ = ("door", "transport", "buffer")
+    __slots__ = ("door", "transport", "buffer", "deadline")
 
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
+        self.deadline: HeaderDeadline | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.deadline = HeaderDeadline(transport, self.door.header_timeout_s)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         end = self.buffer.find(b"\r\n")
         if end < 0 and len(self.buffer) < MAX_REQUEST_LINE:
             return
-        transport, buffered = self.transport, self.buffer
-        assert transport is not None
-        self.transport, self.buffer = None, b""
+        transport, buffered, deadline = self.transport, self.buffer, self.deadline
+        assert transport is not None and deadline is not None
+        self.transport, self.buffer, self.deadline = None, b"", None
         protocol: asyncio.Protocol
         if end >= 0 and _is_upgrade_line(buffered[:end]):
-            protocol = Upgrade(self.door)
+            protocol = Upgrade(self.door, deadline)
         else:
             protocol = self.door.http()
+            self.door.hand_to_http(protocol, deadline)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         protocol.data_received(buffered)
@@ -120,15 +201,19 @@ class Doorway(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
 
 class Upgrade(asyncio.Protocol):
     """A ``GET /ws`` request being read, checked and admitted (or refused)."""
 
-    __slots__ = ("door", "transport", "handshake", "started", "task")
+    __slots__ = ("door", "deadline", "transport", "handshake", "started", "task")
 
-    def __init__(self, door: FrontDoor) -> None:
+    def __init__(self, door: FrontDoor, deadline: HeaderDeadline) -> None:
         self.door = door
+        self.deadline = deadline
         self.transport: asyncio.Transport | None = None
         self.handshake = ServerProtocol(max_size=None)
         self.started = time.perf_counter()
@@ -144,6 +229,7 @@ class Upgrade(asyncio.Protocol):
         self.handshake.receive_data(data)
         for event in self.handshake.events_received():
             if isinstance(event, Request) and self.transport is not None:
+                self.deadline.cancel()  # the headers are in
                 self.transport.pause_reading()
                 self.task = asyncio.get_running_loop().create_task(self._answer(event))
                 return
@@ -224,6 +310,7 @@ class Upgrade(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.deadline.cancel()
 
 
 class ServerSocket(asyncio.Protocol):

@@ -384,6 +384,10 @@ class PostgresStreams:
         while True:
             current = await self.get(stream_id)
             target = next_state(current.state, event)
+            if target is StreamState.ENDED:
+                if await self._end(stream_id, current.state, now):
+                    return await self.get(stream_id)
+                continue
             status = await self._pool.execute(
                 """
                 UPDATE streams SET
@@ -400,6 +404,26 @@ class PostgresStreams:
             if status == "UPDATE 1":
                 return await self.get(stream_id)
             # Somebody else moved it first: re-read and judge the event against the new state.
+
+    async def _end(self, stream_id: StreamId, state: StreamState, now: dt.datetime) -> bool:
+        """End the stream if it is still in ``state``; its ``ended_at`` agrees with the commit
+        order of its gifts (ledger/batcher.py): the row lock waits for the gift batches that
+        found it live (they share-lock it until COMMIT), and the end is dated no earlier than
+        any of their gifts, whose time may have been read after ``now`` was."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval(
+                "SELECT state FROM streams WHERE id = $1 FOR UPDATE", stream_id)
+            if found != state.value:
+                return False
+            # A new statement: its snapshot sees the gifts committed while the lock waited.
+            await conn.execute(
+                """
+                UPDATE streams SET state = 'ended', ended_at = greatest($2::timestamptz,
+                    (SELECT max(created_at) FROM gifts WHERE stream_id = $1))
+                WHERE id = $1
+                """,
+                stream_id, now)
+        return True
 
 
 @dataclass(frozen=True)

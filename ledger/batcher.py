@@ -191,6 +191,12 @@ class GiftBatcher:
         self._wake.set()
         return await asyncio.shield(future)
 
+    async def stored(self, gift_id: uuid.UUID) -> GiftOutcome | None:
+        """The committed gift with this id, as a replay (None if there is none)."""
+        row = await self._pool.fetchrow(f"SELECT {_GIFT_COLUMNS} FROM gifts WHERE id = $1",
+                                        gift_id)
+        return None if row is None else GiftOutcome(_order(row), row["created_at"], False)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

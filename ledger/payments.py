@@ -306,9 +306,11 @@ class Purchases:
         if info.checkout_id and not purchase.checkout_id:
             changes["checkout_id"] = info.checkout_id
         if info.kind == "paid" and purchase.status != "paid":
-            if (info.amount_minor, info.currency) not in (
-                    (None, None), (purchase.amount_minor, purchase.currency)):
-                # Never ours to credit: the provider says another sum was paid.
+            if (info.amount_minor, info.currency) != (purchase.amount_minor,
+                                                      purchase.currency):
+                # Never ours to credit: the provider says another sum was paid, or does not
+                # say what was paid (every paid event of Stripe's carries its amount and
+                # currency; one without them proves no payment of this purchase).
                 log.error("paid event's amount differs from the purchase", extra={
                     "purchase_id": str(purchase.id), "paid": info.amount_minor,
                     "currency": info.currency, "expected": purchase.amount_minor})
@@ -416,16 +418,26 @@ class Purchases:
         if purchase.user_id != user.id:
             raise NotFound("No such purchase.", code="purchase_not_found")
         if purchase.status != "pending":
-            raise Conflict(f"This purchase is already {purchase.status}.",
-                           code="purchase_not_pending", status=purchase.status)
+            raise self._not_pending(purchase)
         intent = purchase.payment_intent_id or f"pi_test_{purchase.id.hex[:24]}"
-        event = simulated_event(event_id=f"evt_test_{uuid.uuid4().hex}", method=purchase.method,
-                           purchase_id=purchase.id, amount_minor=purchase.amount_minor,
-                           currency=purchase.currency, payment_intent_id=intent,
-                           checkout_id=purchase.checkout_id, paid=paid,
-                           created=int(self.clock().timestamp()))
-        await self.handle_event(event)
-        return await self.get(purchase_id)
+        # One event id per purchase, as Stripe sends one payment outcome: of two clicks at
+        # once (or a Pay and a Decline), the first event decides and the others are
+        # duplicates, answered as a click after it is (purchase_not_pending).
+        event = simulated_event(event_id=f"evt_test_{purchase.id.hex}", method=purchase.method,
+                                purchase_id=purchase.id, amount_minor=purchase.amount_minor,
+                                currency=purchase.currency, payment_intent_id=intent,
+                                checkout_id=purchase.checkout_id, paid=paid,
+                                created=int(self.clock().timestamp()))
+        result = await self.handle_event(event)
+        purchase = await self.get(purchase_id)
+        if result != "applied":
+            raise self._not_pending(purchase)
+        return purchase
+
+    @staticmethod
+    def _not_pending(purchase: Purchase) -> Conflict:
+        return Conflict(f"This purchase is already {purchase.status}.",
+                        code="purchase_not_pending", status=purchase.status)
 
     # -- spending limits ---------------------------------------------------------------------
 

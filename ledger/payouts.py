@@ -19,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from ledger import postings
+from ledger.idempotency import KeyedLocks
 from ledger.providers import PaymentProvider, ProviderRefused, ProviderUnavailable
 from livecore.errors import Conflict, NotFound
 from livecore.payments import check_payout, diamonds_to_minor
@@ -68,6 +71,7 @@ class Payouts:
         self.provider = provider
         self.settings = settings
         self.clock = clock
+        self._requests = KeyedLocks()
 
     @property
     def currency(self) -> str:
@@ -135,15 +139,39 @@ class Payouts:
     async def request(self, creator_id: uuid.UUID, payout_id: uuid.UUID,
                       diamonds: int) -> tuple[Payout, bool]:
         """Reserve, call the provider, post or void. A retry with the same id and amount
-        returns the payout as it stands; returns (payout, is_new)."""
+        returns the payout as it stands; returns (payout, is_new).
+
+        Duplicates at once get what a retry gets: in this process they wait for the first
+        (so they see it resolved, as a retry would); across processes the stored row is read
+        again after the creator's earnings are locked (the first has committed by then), and
+        a primary-key clash left over is replayed, never a 500."""
+        async with self._requests.hold(payout_id):
+            try:
+                payout = await self._reserve(creator_id, payout_id, diamonds)
+            except asyncpg.UniqueViolationError:  # the same id, reserved by another creator
+                payout = self._replay(await self.get(payout_id), creator_id, diamonds)
+            if payout is not None:
+                return payout, False
+            await self.attempt(payout_id)
+            return await self.get(payout_id), True
+
+    @staticmethod
+    def _replay(payout: Payout, creator_id: uuid.UUID, diamonds: int) -> Payout:
+        if (payout.creator_id, payout.diamonds) != (creator_id, diamonds):
+            raise Conflict("This payout id was already used for another payout.",
+                           code="payout_id_conflict")
+        return payout
+
+    async def _reserve(self, creator_id: uuid.UUID, payout_id: uuid.UUID,
+                       diamonds: int) -> Payout | None:
+        """Write the payout and move its diamonds to pending; the stored payout instead if
+        the id is taken (checked before anything that can change, and again under the
+        lock)."""
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT * FROM payouts WHERE id = $1", payout_id)
             if row is not None:
-                if (row["creator_id"], row["diamonds"]) != (creator_id, diamonds):
-                    raise Conflict("This payout id was already used for another payout.",
-                                   code="payout_id_conflict")
-                return Payout.from_row(row), False
+                return self._replay(Payout.from_row(row), creator_id, diamonds)
             destination = await conn.fetchval(
                 "SELECT stripe_account_id FROM payout_accounts WHERE creator_id = $1",
                 creator_id)
@@ -153,6 +181,12 @@ class Payouts:
             system = await postings.system_accounts(conn)
             earnings = await postings.user_account(conn, "earnings", creator_id)
             balances = await postings.lock(conn, [system["payouts_pending"], earnings])
+            # A duplicate that committed while this one waited for the lock is visible now
+            # (a new statement, a new snapshot): its outcome, not a refusal for want of the
+            # diamonds it took.
+            row = await conn.fetchrow("SELECT * FROM payouts WHERE id = $1", payout_id)
+            if row is not None:
+                return self._replay(Payout.from_row(row), creator_id, diamonds)
             amount = check_payout(diamonds=diamonds,
                                   minimum=self.settings.payout_min_diamonds,
                                   available=balances[earnings],
@@ -166,8 +200,7 @@ class Payouts:
             await postings.write(conn, transfer_id=payout_id, kind="payout_reserve",
                                  payout_id=payout_id, now=now,
                                  legs={earnings: -diamonds, system["payouts_pending"]: diamonds})
-        await self.attempt(payout_id)
-        return await self.get(payout_id), True
+        return None
 
     async def attempt(self, payout_id: uuid.UUID) -> str:
         """Ask the provider for a pending payout's transfer and resolve it; the payout's

@@ -1,20 +1,34 @@
 """One live HLS rendition with Low-Latency HLS parts, and its media playlist.
 
-The packager (PyAV in the gateway) writes fMP4 fragments of about one part target each; it
-tells a :class:`Rendition` about every part as it is written and about every segment boundary
-(the segment is the concatenation of its parts, cut on a keyframe). The rendition numbers them,
-names their files, decides what the playlist shows and renders it. It does no I/O and reads no
-clock: the only time it knows is media time, the sum of the durations it was fed.
+The packager (PyAV in the gateway) muxes fMP4; :class:`BoxFramer` cuts its byte stream into the
+init segment and fragments, and the packager gathers fragments into parts. It tells a
+:class:`Rendition` about every part as it is made; the rendition decides where segments are cut
+(a segment is the concatenation of its parts), numbers parts and segments, names their files,
+decides what the playlist shows and renders it. It does no I/O and reads no clock: the only time
+it knows is media time, the sum of the durations it was fed.
 
 Decisions, with the spec's sections (draft-pantos-hls-rfc8216bis, "HLS 2nd Edition"):
 
 * Durations are kept as integers of 10 microseconds, the precision the playlist prints
   (5 decimals), so sums are exact and the text never shows float noise.
-* ``EXT-X-TARGETDURATION`` is the configured target, raised to the rounded-up duration of the
-  longest segment ever closed. Section 6.2.1 says it must not change; it only does if the
-  pipeline cuts a segment longer than the target it was configured with, and then a larger
-  target is the lesser evil (a segment longer than the target stalls players). It never goes
-  down. ``PART-TARGET`` follows the same rule for parts.
+* ``EXT-X-TARGETDURATION`` and ``PART-TARGET`` are fixed when the rendition is made and never
+  change (RFC 8216 6.2.1: the target duration MUST NOT change; 4.3.3.1: every EXTINF, rounded,
+  MUST be at most it; rfc8216bis 4.4.4.9: every part MUST be at most the Part Target). So the
+  rendition cuts the segments itself, from the parts it is fed (:meth:`Rendition.add_part`):
+
+  - at an independent part (one starting with a keyframe) once the open segment holds at least
+    ``min_segment_s``: segments follow the publisher's keyframes, which the gateway asks for
+    every segment length, so they normally start with a keyframe;
+  - before any part that would take the open segment past the target duration, keyframe or
+    not. Only a publisher whose keyframes are further apart than the target duration gets such
+    a segment; it does not start with a keyframe (its first part is not ``INDEPENDENT=YES``,
+    and the playlist never claims ``EXT-X-INDEPENDENT-SEGMENTS``): players playing on decode it
+    from the previous one, a player joining there starts at the next independent part. A
+    segment longer than the target is never made: it would stall players (4.3.3.1).
+
+  The configured target therefore needs headroom over the keyframe interval (the gateway uses
+  4 s for 2 s keyframes). A part longer than ``PART-TARGET`` is refused: the packager makes
+  parts that fit.
 * The live playlist keeps the last ``window`` closed segments, and more when dropping one would
   leave less than three target durations (6.2.2). The media sequence only grows.
 * ``EXT-X-PART`` tags are shown for the segments that end within the last three target
@@ -44,8 +58,10 @@ from livecore.errors import BadRequest, ServerError
 TICKS_PER_S = 100_000
 #: Closed segments a live playlist keeps (more when fewer would be under 3 target durations).
 DEFAULT_WINDOW = 6
-DEFAULT_TARGET_DURATION_S = 2
-DEFAULT_PART_TARGET_S = 0.2
+DEFAULT_TARGET_DURATION_S = 4
+DEFAULT_PART_TARGET_S = 0.3
+#: A segment is cut at a keyframe once it holds this much media.
+DEFAULT_MIN_SEGMENT_S = 1.0
 #: The lowest version allowing EXT-X-MAP without EXT-X-I-FRAMES-ONLY (section 8).
 PLAYLIST_VERSION = 6
 INIT_NAME = "init.mp4"
@@ -71,6 +87,14 @@ class RenditionEnded(PackagingError):
 
 class EmptySegment(PackagingError):
     """A segment boundary with no part since the last one: a segment cannot be empty."""
+
+
+class PartTooLong(PackagingError):
+    """A part longer than ``PART-TARGET``: the packager must cut parts that fit."""
+
+
+class BadBox(PackagingError):
+    """The muxer's byte stream is not a fragmented MP4 this module can frame."""
 
 
 class BadReloadRequest(BadRequest):
@@ -188,10 +212,6 @@ def _seconds(ticks: int) -> str:
     return f"{ticks // TICKS_PER_S}.{ticks % TICKS_PER_S:05d}"
 
 
-def _ceil_s(ticks: int) -> int:
-    return -(-ticks // TICKS_PER_S)
-
-
 class Rendition:
     """The segments and parts of one rendition, live then ended.
 
@@ -206,6 +226,7 @@ class Rendition:
         target_duration_s: int = DEFAULT_TARGET_DURATION_S,
         part_target_s: float = DEFAULT_PART_TARGET_S,
         window: int = DEFAULT_WINDOW,
+        min_segment_s: float = DEFAULT_MIN_SEGMENT_S,
     ) -> None:
         if target_duration_s < 1:
             raise ValueError("target_duration_s must be at least 1.")
@@ -214,8 +235,12 @@ class Rendition:
         part_target = _ticks(part_target_s, "part_target_s")
         if part_target > target_duration_s * TICKS_PER_S:
             raise ValueError("part_target_s must not exceed target_duration_s.")
-        self._target = target_duration_s  # whole seconds, only grows
-        self._part_target = part_target  # ticks, only grows
+        min_segment = _ticks(min_segment_s, "min_segment_s")
+        if min_segment > target_duration_s * TICKS_PER_S:
+            raise ValueError("min_segment_s must not exceed target_duration_s.")
+        self._target = target_duration_s  # whole seconds, fixed (RFC 8216 6.2.1)
+        self._part_target = part_target  # ticks, fixed
+        self._min_segment = min_segment  # ticks
         self._window = window
         self._segments: list[Segment] = []  # every closed segment; msn == index
         self._open: list[Part] = []
@@ -228,15 +253,29 @@ class Rendition:
     # -- feeding -------------------------------------------------------------------------
 
     def add_part(self, duration_s: float, *, independent: bool) -> Part:
-        """Record the part just written; ``independent`` if it starts with a keyframe."""
+        """Record the next part; ``independent`` if its first video frame is a keyframe.
+
+        The part goes into the open segment, or first closes it (see the module's notes: at an
+        independent part once the segment is long enough, or when the part would take it past
+        the target duration). The returned part's ``msn`` says which segment it belongs to;
+        ``index == 0`` means it starts a new one."""
         if self._ended:
             raise RenditionEnded("The rendition has ended: no more parts.")
-        part = Part(
-            len(self._segments), len(self._open), _ticks(duration_s, "duration_s"), independent
-        )
+        duration = _ticks(duration_s, "duration_s")
+        if duration > self._part_target:
+            raise PartTooLong(
+                f"A part of {_seconds(duration)} s is longer than the part target "
+                f"{_seconds(self._part_target)} s."
+            )
+        if self._open:
+            open_duration = sum(part.duration for part in self._open)
+            if (independent and open_duration >= self._min_segment) or (
+                open_duration + duration > self._target * TICKS_PER_S
+            ):
+                self.close_segment()
+        part = Part(len(self._segments), len(self._open), duration, independent)
         self._open.append(part)
         self._now += part.duration
-        self._part_target = max(self._part_target, part.duration)
         self._slide()
         return part
 
@@ -250,7 +289,6 @@ class Rendition:
         segment = Segment(len(self._segments), start, tuple(self._open))
         self._segments.append(segment)
         self._open = []
-        self._target = max(self._target, _ceil_s(segment.duration))
         self._slide()
         return segment
 
@@ -415,3 +453,100 @@ class Rendition:
 def _part_line(part: Part) -> str:
     independent = ",INDEPENDENT=YES" if part.independent else ""
     return f'#EXT-X-PART:DURATION={_seconds(part.duration)},URI="{part.uri}"{independent}'
+
+
+# -- framing the muxer's byte stream -------------------------------------------------------
+
+
+class ChunkKind(enum.Enum):
+    INIT = "init"  # ftyp + moov (and any box before the moov): the EXT-X-MAP file
+    FRAGMENT = "fragment"  # moof + mdat (and any box since the last fragment): media
+
+
+@dataclass(frozen=True)
+class Chunk:
+    kind: ChunkKind
+    data: bytes
+
+
+#: Top-level boxes of a fragmented MP4 byte stream that belong to no fragment: the trailer
+#: FFmpeg writes on close (movie fragment random access, ISO/IEC 14496-12 8.8.9).
+_TRAILER_BOXES = frozenset({b"mfra"})
+
+
+class BoxFramer:
+    """Cuts a fragmented MP4 byte stream into the init segment and its fragments, by the
+    boxes' own headers (ISO/IEC 14496-12 4.2: a 32-bit size and a type, the size 1 meaning a
+    64-bit size follows), whatever the writes it arrives in.
+
+    Why: the muxer's output reaches us through a buffered writer (PyAV's is 32 KiB), so one
+    write may hold a fragment's end and the next one's start, and a fragment above the buffer
+    size arrives in several writes. Taking writes as fragments cut parts in the middle of a
+    box. Sans I/O: :meth:`feed` takes bytes, returns the chunks they complete.
+
+    The init chunk is every box up to and including the ``moov``; then each fragment is every
+    box since the previous fragment up to and including the ``mdat`` after a ``moof`` (so a
+    ``styp``, ``sidx``, ``prft`` or ``emsg`` travels with its fragment). The ``mfra`` trailer
+    is dropped. A box header that cannot be (a size below its header, or 0, "to the end of the
+    file", which a live stream has no end for), a fragment before the ``moov``, or a second
+    ``moov`` raise :class:`BadBox`.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._group = bytearray()  # complete boxes of the chunk being gathered
+        self._has_init = False
+        self._has_moof = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes fed but not yet handed out in a chunk."""
+        return len(self._buffer) + len(self._group)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Chunk]:
+        self._buffer += data
+        chunks: list[Chunk] = []
+        while (box := self._next_box()) is not None:
+            kind, raw = box
+            if kind in _TRAILER_BOXES:
+                continue
+            if not self._has_init:
+                if kind in (b"moof", b"mdat"):
+                    raise BadBox(f"A {kind!r} box before the moov.")
+                self._group += raw
+                if kind == b"moov":
+                    chunks.append(Chunk(ChunkKind.INIT, bytes(self._group)))
+                    self._group.clear()
+                    self._has_init = True
+                continue
+            if kind == b"moov":
+                raise BadBox("A second moov box.")
+            self._group += raw
+            if kind == b"moof":
+                self._has_moof = True
+            elif kind == b"mdat" and self._has_moof:
+                chunks.append(Chunk(ChunkKind.FRAGMENT, bytes(self._group)))
+                self._group.clear()
+                self._has_moof = False
+        return chunks
+
+    def _next_box(self) -> tuple[bytes, bytes] | None:
+        """The first complete box in the buffer, taken out of it; None until there is one."""
+        buffer = self._buffer
+        if len(buffer) < 8:
+            return None
+        size = int.from_bytes(buffer[0:4], "big")
+        header = 8
+        if size == 1:
+            if len(buffer) < 16:
+                return None
+            size, header = int.from_bytes(buffer[8:16], "big"), 16
+        elif size == 0:
+            raise BadBox("A box sized to the end of the file, in a live stream.")
+        if size < header:
+            raise BadBox(f"A box of {size} bytes, shorter than its own header.")
+        if len(buffer) < size:
+            return None
+        kind, raw = bytes(buffer[4:8]), bytes(buffer[:size])
+        del buffer[:size]
+        return kind, raw

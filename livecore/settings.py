@@ -167,6 +167,15 @@ class Settings:
             "gateway node; more use more cores and hold more websockets.",
         ),
     )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata=_env(
+            "LIVECORE_HEADER_TIMEOUT_S",
+            "Seconds a new connection has to send its first request line and headers before "
+            "it is closed (slowloris); later requests on a kept-alive connection are governed "
+            "by the keep-alive timeout, request bodies by neither.",
+        ),
+    )
     ws_flush_ms: int = field(
         default=100,
         metadata=_env(
@@ -386,6 +395,8 @@ class Settings:
             problems.append("LIVECORE_PLATFORM_CUT_BP must be between 0 and 10000")
         if self.min_signup_age < 0:
             problems.append("LIVECORE_MIN_SIGNUP_AGE must not be negative")
+        if not 0 < self.header_timeout_s <= 3600:
+            problems.append("LIVECORE_HEADER_TIMEOUT_S must be above 0 and at most 3600")
         if not 0 <= self.ws_flush_ms <= 1000:
             problems.append("LIVECORE_WS_FLUSH_MS must be between 0 and 1000")
         try:

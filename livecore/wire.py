@@ -156,6 +156,15 @@ CLIENT_SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+# Server messages are open: they leave ``additionalProperties`` at its default (allowed), as
+# do the objects inside them, because a later version of v1 may add optional properties
+# (docs/protocol.md, "Messages"); a client that validates what it receives against this
+# document keeps working when one appears. Client messages above are closed: the server
+# answers an unknown property with ``invalid_message``.
+
+#: The server message that answers each client message when it succeeds (``error`` when not).
+CLIENT_ANSWERS: dict[str, str] = {name: "ack" for name in CLIENT_SCHEMAS} | {"ping": "pong"}
+
 _USER_REF: Schema = {
     "type": "object",
     "properties": {"id": _UUID, "username": {"type": "string"}},
@@ -175,7 +184,6 @@ def _room_event(type_name: str, data: Schema) -> Schema:
             "data": data,
         },
         "required": ["type", "seq", "epoch", "room", "ts", "data"],
-        "additionalProperties": False,
     }
 
 
@@ -279,13 +287,11 @@ SERVER_SCHEMAS: dict[str, Schema] = {
             "limits": {"type": "object"},
         },
         "required": ["type", "v", "session", "server_time", "user", "limits"],
-        "additionalProperties": False,
     },
     "ack": {
         "type": "object",
         "properties": {"type": {"const": "ack"}, "id": _ID, "result": {"type": "object"}},
         "required": ["type", "result"],
-        "additionalProperties": False,
     },
     "error": {
         "type": "object",
@@ -298,13 +304,11 @@ SERVER_SCHEMAS: dict[str, Schema] = {
             "room": _ROOM,
         },
         "required": ["type", "code", "message"],
-        "additionalProperties": False,
     },
     "pong": {
         "type": "object",
         "properties": {"type": {"const": "pong"}, "id": _ID, "server_time": {"type": "number"}},
         "required": ["type", "server_time"],
-        "additionalProperties": False,
     },
     "presence": {
         "type": "object",
@@ -316,7 +320,6 @@ SERVER_SCHEMAS: dict[str, Schema] = {
             "joined": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
         },
         "required": ["type", "room", "viewers", "joined"],
-        "additionalProperties": False,
     },
     "unsubscribed": {
         "type": "object",
@@ -326,7 +329,6 @@ SERVER_SCHEMAS: dict[str, Schema] = {
             "reason": {"enum": ["banned"]},
         },
         "required": ["type", "room", "reason"],
-        "additionalProperties": False,
     },
     "closing": {
         "type": "object",
@@ -336,7 +338,6 @@ SERVER_SCHEMAS: dict[str, Schema] = {
             "reconnect": {"type": "boolean"},
         },
         "required": ["type", "reason", "reconnect"],
-        "additionalProperties": False,
     },
     **ROOM_EVENT_SCHEMAS,
 }
@@ -361,6 +362,11 @@ def document() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://livecore.invalid/protocol/v1.json",
         "title": "Livecore websocket protocol, version 1",
+        "$comment": (
+            "Client messages are closed (additionalProperties false): the server refuses an "
+            "unknown property. Server messages are open: a later version of v1 may add "
+            "optional properties and message types; ignore what you do not know."
+        ),
         "$defs": {
             "client": CLIENT_SCHEMAS,
             "server": SERVER_SCHEMAS,

@@ -721,10 +721,15 @@ async def read_ll_hls(http: aiohttp.ClientSession, stream_id: str, run: Run,
         arrived = now_ms()
         last = (msn, index)
         segment = [part] if index == 0 else [*segment, part]
-        with av.open(io.BytesIO(init + part), mode="r", format="mp4") as container:
-            new = sum(1 for packet in container.demux(video=0) if packet.size)
-        with av.open(io.BytesIO(init + b"".join(segment)), mode="r", format="mp4") as container:
-            frames = list(container.decode(video=0))
+        try:
+            with av.open(io.BytesIO(init + part), mode="r", format="mp4") as container:
+                new = sum(1 for packet in container.demux(video=0) if packet.size)
+            with av.open(io.BytesIO(init + b"".join(segment)), mode="r",
+                         format="mp4") as container:
+                frames = list(container.decode(video=0))
+        except av.FFmpegError as exc:  # a broken part is a finding, not the end of the run
+            run.failures.append(f"{run.name}: LL-HLS part {uri} did not decode: {exc}")
+            continue
         for frame in frames[len(frames) - new:]:
             plane = frame.planes[0]
             stamp = read_stamp(memoryview(plane), plane.line_size)

@@ -9,6 +9,10 @@ Where the services come from:
   does not skip it);
 * else the embedded servers that ``livecore serve`` uses, started in a temporary directory.
 
+``LIVECORE_TEST_SERVERS=embedded`` chooses the embedded servers whatever answers (``.ci/run``
+runs the suite that way as well, so the zero-configuration run is tested as users run it);
+``LIVECORE_TEST_SERVERS=machine`` requires the machine's.
+
 Every run works in a database named ``livecore_test_<random>`` (dropped at the end) and under
 the Redis key prefix ``lctest:<random>:`` (deleted at the end), so runs never collide.
 """
@@ -71,9 +75,18 @@ def backend() -> Iterator[Backend]:
     admin_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     source = "TEST_DATABASE_URL / TEST_REDIS_URL"
-    if admin_url is None or redis_url is None:
+    wanted = os.environ.get("LIVECORE_TEST_SERVERS", "")
+    if wanted not in ("", "machine", "embedded"):
+        raise pytest.UsageError(
+            f"LIVECORE_TEST_SERVERS={wanted!r}: use 'machine', 'embedded' or leave it unset")
+    if wanted == "embedded":
+        embedded = EmbeddedServers(Path(tempfile.mkdtemp(prefix="livecore-test-")))
+        admin_url, redis_url = embedded.start()
+        source = "embedded PostgreSQL and Redis (LIVECORE_TEST_SERVERS=embedded)"
+    elif admin_url is None or redis_url is None:
         in_ci = os.environ.get("CI", "").lower() == "true"
-        if in_ci or (_answers("127.0.0.1", 5432) and _answers("127.0.0.1", 6379)):
+        if in_ci or wanted == "machine" or (_answers("127.0.0.1", 5432)
+                                            and _answers("127.0.0.1", 6379)):
             admin_url = admin_url or MACHINE_POSTGRES
             redis_url = redis_url or MACHINE_REDIS
             source = "the machine's PostgreSQL and Redis"
@@ -125,7 +138,8 @@ def backend() -> Iterator[Backend]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return "livecore: services chosen by tests/conftest.py (see its docstring)"
+    chosen = os.environ.get("LIVECORE_TEST_SERVERS") or "chosen by tests/conftest.py"
+    return f"livecore: test servers {chosen} (see tests/conftest.py's docstring)"
 
 
 @pytest.fixture(scope="session")

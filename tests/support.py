@@ -19,7 +19,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 from jsonschema import Draft202012Validator, FormatChecker
-from playwright.async_api import Dialog, Page
+from playwright.async_api import ConsoleMessage, Dialog, Page
 
 from gateway.app import Runner
 from ledger.batcher import grant
@@ -234,9 +234,17 @@ async def gift_until_answered(http: aiohttp.ClientSession, stream: str) -> tuple
 
 
 def page_errors(page: Page) -> list[str]:
-    """A list that collects a page's uncaught errors and any dialog it opens (an injected
-    ``alert`` would open one; it is dismissed, since an open dialog blocks the page)."""
+    """A list that collects a page's uncaught errors, any dialog it opens (an injected
+    ``alert`` would open one; it is dismissed, since an open dialog blocks the page) and every
+    Content-Security-Policy violation (Chromium reports each on the console: a page that
+    needs an inline script, eval or another origin fails its test)."""
     errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            errors.append(f"csp: {message.text}")
+
+    page.on("console", on_console)
 
     async def on_dialog(dialog: Dialog) -> None:
         errors.append(f"dialog: {dialog.message}")

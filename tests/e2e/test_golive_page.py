@@ -122,8 +122,10 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
     await studio.fill("#login-password", PASSWORD)
     await studio.click("#login-submit")
     await expect(status).to_have_attribute("data-state", "ready", timeout=WAIT_MS)
+    # Functions, not expressions: Playwright evals a string expression in the page, which the
+    # pages' Content-Security-Policy (no 'unsafe-eval') refuses.
     await studio.wait_for_function(
-        "document.getElementById('preview').videoWidth > 0", timeout=WAIT_MS)
+        "() => document.getElementById('preview').videoWidth > 0", timeout=WAIT_MS)
 
     # Start: WHIP, and the stream goes live (the room says so on both pages).
     await studio.click("#start")
@@ -141,9 +143,9 @@ async def test_the_creator_goes_live_and_a_viewer_watches_over_whep(
         "data-state", "live", timeout=WAIT_MS)
     await expect(watcher.locator("#player-note")).to_have_attribute(
         "data-state", "playing", timeout=WAIT_MS)
-    await watcher.wait_for_function(f"{FRAMES} >= 30", timeout=WAIT_MS)
+    await watcher.wait_for_function(f"() => {FRAMES} >= 30", timeout=WAIT_MS)
     seen = await watcher.evaluate(FRAMES)
-    await watcher.wait_for_function(f"{FRAMES} >= {seen + 30}", timeout=WAIT_MS)
+    await watcher.wait_for_function(f"() => {FRAMES} >= {seen + 30}", timeout=WAIT_MS)
     assert await watcher.evaluate("document.getElementById('player').videoWidth") > 0
     assert await watcher.evaluate(RECEIVED_CODEC) == f"video/{codec}"
     assert len(broadcast.viewers) == 1

@@ -87,7 +87,7 @@ async def test_redis_restarted_empty_under_load_is_rebuilt_while_serving(
             assert redis_server.pid is not None
             os.kill(redis_server.pid, signal.SIGKILL)
             redis_server.stop()  # reaps the killed process
-            (redis_dir / "dump.rdb").unlink(missing_ok=True)  # restart *empty*
+            redis_server.erase()  # restart *empty*
             await asyncio.sleep(0.3)
             redis_server = EmbeddedRedis(redis_dir)
             await asyncio.to_thread(redis_server.start)

@@ -109,7 +109,7 @@ async def test_watch_page_reads_chat_logs_in_and_writes(services):
 
                 # Two sockets watch the room (presence ticks every 2 s).
                 await page.wait_for_function(
-                    "Number(document.getElementById('viewers').dataset.count) >= 2",
+                    "() => Number(document.getElementById('viewers').dataset.count) >= 2",
                     timeout=WAIT_MS)
 
                 # Moderation: a removed message disappears; a mute is announced and explained.

@@ -31,7 +31,7 @@ async def test_chat_survives_a_redis_restart(own_servers):
                 before = await reader.next_event("chat.message")
 
                 servers.redis.stop()
-                (servers.redis.directory / "dump.rdb").unlink(missing_ok=True)  # back empty
+                servers.redis.erase()  # back empty
                 with pytest.raises(HubError) as caught:
                     await client.request({"type": "chat", "room": room, "text": "lost"})
                 assert caught.value.code == "service_unavailable"
@@ -114,7 +114,11 @@ async def test_gifts_pause_while_postgres_is_down_and_resume_with_the_same_ids(o
 async def test_a_server_stopped_right_after_it_started_stops(services):
     """Stopped while its first Redis commands are in flight: redis-py may swallow that
     cancellation, and the service's loops must end anyway (they used to run on forever)."""
+    before = asyncio.all_tasks()
     for _ in range(3):
         async with asyncio.timeout(30):
             async with ApiClient.serving(create_app(services)):
                 pass
+        # Every task the app started (hub loops, gift flusher, media counting) has ended.
+        left = {t for t in asyncio.all_tasks() - before if not t.done()}
+        assert left == set(), sorted(t.get_name() for t in left)

@@ -4,11 +4,13 @@ import asyncio
 import datetime as dt
 import secrets
 import uuid
+from typing import Any
 
 from gateway.gifts import COMBO_SCAN_S, GiftRequest
 from ledger.projection import RedisProjection
 from livecore.economy import iso_week
 from livecore.ids import StreamId
+from livecore.streams import StreamEvent
 from tests.hub.conftest import send_gift
 
 
@@ -228,3 +230,55 @@ async def test_leaderboard_names_come_from_gifts_or_the_database(node, economy, 
     assert learnt["top"][0]["user"] == {"id": economy["viewer_id"], "username": me["username"]}
     services.gifts._names.clear()
     assert await services.gifts.room_board(stream, fresh=True) == learnt
+
+
+async def test_a_gift_committed_before_the_end_is_not_dated_after_it(economy, services,
+                                                                     monkeypatch):
+    """The end's time is read, a gift commits (its batch read the clock later), then the end
+    is applied, as when an end waits for the batch that holds the stream's row: the stream
+    is not dated as ended before a gift it took."""
+    monkeypatch.setattr(services.gifts.projection, "combo_window_s", 1.0)
+    room = economy["stream"]
+    viewer = await services.accounts.get(uuid.UUID(economy["viewer_id"]))
+    end_read_at = dt.datetime.now(dt.UTC)
+    outcome, _ = await services.gifts.send(viewer, _request(room))
+    assert outcome.created_at > end_read_at
+    ended = await services.streams.transition(StreamId(uuid.UUID(room)), StreamEvent.END,
+                                              end_read_at)
+    assert ended.ended_at is not None and outcome.created_at <= ended.ended_at
+
+
+async def test_concurrent_gifts_and_an_end_agree_with_commit_order(node, economy, services,
+                                                                   monkeypatch):
+    """Gifts racing the end of their stream: each is either committed (and dated no later
+    than the end) or refused with stream_not_live, and the ledger holds exactly the
+    committed ones."""
+    monkeypatch.setattr(services.gifts.projection, "combo_window_s", 1.0)
+    api, room, viewer = node.api, economy["stream"], economy["viewer"]
+
+    async def gift() -> tuple[int, Any]:
+        response, body = await api.request("POST", "/api/v1/gifts", token=viewer, json={
+            "gift_id": str(uuid.uuid4()), "stream_id": room, "gift": "rose"})
+        return response.status, body
+
+    async def end() -> int:
+        await send_gift(api, viewer, room)  # gifts are flowing
+        response, _ = await api.request("POST", f"/api/v1/streams/{room}/end",
+                                        token=economy["creator"])
+        return response.status
+
+    ending = asyncio.ensure_future(end())
+    answers = await asyncio.gather(*(gift() for _ in range(40)))
+    assert await ending == 200
+    codes = {status if status == 201 else body["error"]["code"] for status, body in answers}
+    assert codes <= {201, "stream_not_live"}, answers
+    _, stream = await api.request("GET", f"/api/v1/streams/{room}")
+    ended_at = dt.datetime.fromisoformat(stream["ended_at"])
+    committed = {body["gift_id"]: dt.datetime.fromisoformat(body["created_at"])
+                 for status, body in answers if status == 201}
+    assert all(at <= ended_at for at in committed.values()), (ended_at, committed)
+    rows = await services.pool.fetch("SELECT id, created_at FROM gifts WHERE stream_id = $1",
+                                     uuid.UUID(room))
+    assert all(row["created_at"] <= ended_at for row in rows)
+    assert set(committed) <= {str(row["id"]) for row in rows}
+    assert len(rows) == len(committed) + 1  # and the one sent before the end

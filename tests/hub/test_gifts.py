@@ -213,3 +213,83 @@ async def test_concurrent_gifts_reach_the_room_once_each_in_commit_order(node, e
         assert (board["gifts"], board["coins"]) == (10, 50)
     _, wallet = await api.request("GET", "/api/v1/me/wallet", token=economy["viewer"])
     assert wallet["coins"] == 50
+
+
+#: What a gift's answer says about the gift itself (a retry also says replayed, and only a
+#: new streakable gift carries its combo).
+_STORED = ("gift_id", "stream_id", "gift", "quantity", "coins", "created_at")
+
+
+async def test_a_retry_gets_the_stored_answer_whatever_changed_since(node, economy):
+    """A gift committed (and charged) is answered as committed on every retry with its id,
+    over HTTP and over the websocket, after its gift type was repriced, then withdrawn, then
+    its stream ended; only new ids meet the new state."""
+    api, room, viewer = node.api, economy["stream"], economy["viewer"]
+    slug = f"kite{uuid.uuid4().hex[:8]}"
+    kite = {"name": "Kite", "price_coins": 7, "streakable": False, "animation": "kite"}
+    response, _ = await api.request("PUT", f"/api/v1/gifts/catalogue/{slug}",
+                                    token=economy["admin"], json=kite)
+    assert response.status == 200
+    by_http = {"gift_id": str(uuid.uuid4()), "stream_id": room, "gift": slug}
+    response, first_http = await api.request("POST", "/api/v1/gifts", token=viewer, json=by_http)
+    assert response.status == 201, first_http
+    async with node.client(viewer) as sender:
+        await sender.subscribe(room)
+        by_ws = {"type": "gift", "room": room, "gift_id": str(uuid.uuid4()), "gift": slug}
+        first_ws = await sender.request(by_ws)
+        assert first_ws["replayed"] is False
+
+        async def retries_match(state: str) -> None:
+            response, again = await api.request("POST", "/api/v1/gifts", token=viewer,
+                                                json=by_http)
+            assert response.status == 200, (state, again)
+            assert again["replayed"] is True and again["balance"] == 86, state
+            assert {k: again[k] for k in _STORED} == {k: first_http[k] for k in _STORED}
+            again = await sender.request(by_ws)
+            assert again["replayed"] is True, state
+            assert {k: again[k] for k in _STORED} == {k: first_ws[k] for k in _STORED}
+            response, clash = await api.request("POST", "/api/v1/gifts", token=viewer,
+                                                json={**by_http, "quantity": 2})
+            assert (response.status, clash["error"]["code"]) == (409, "gift_id_conflict"), state
+
+        await retries_match("live")
+        response, _ = await api.request("PUT", f"/api/v1/gifts/catalogue/{slug}",
+                                        token=economy["admin"], json={**kite, "price_coins": 9})
+        assert response.status == 200
+        await retries_match("repriced")
+        response, _ = await api.request("PUT", f"/api/v1/gifts/catalogue/{slug}",
+                                        token=economy["admin"], json={**kite, "is_active": False})
+        assert response.status == 200
+        await retries_match("withdrawn")
+        response, fresh = await api.request("POST", "/api/v1/gifts", token=viewer, json={
+            **by_http, "gift_id": str(uuid.uuid4())})
+        assert (response.status, fresh["error"]["code"]) == (422, "gift_unavailable")
+        response, _ = await api.request("POST", f"/api/v1/streams/{room}/end",
+                                        token=economy["creator"])
+        assert response.status == 200
+        await retries_match("ended")
+        response, fresh = await api.request("POST", "/api/v1/gifts", token=viewer, json={
+            "gift_id": str(uuid.uuid4()), "stream_id": room, "gift": "rose"})
+        assert (response.status, fresh["error"]["code"]) == (409, "stream_not_live")
+    _, wallet = await api.request("GET", "/api/v1/me/wallet", token=viewer)
+    assert wallet["coins"] == 100 - 2 * 7
+
+
+async def test_concurrent_duplicate_gifts_are_answered_as_a_retry_is(node, economy):
+    """Five identical gifts at once over HTTP: one 201, four 200 replays, each equal to
+    what a retry afterwards gets; the coins move once."""
+    api, room, viewer = node.api, economy["stream"], economy["viewer"]
+    body = {"gift_id": str(uuid.uuid4()), "stream_id": room, "gift": "coffee"}
+
+    async def send() -> tuple[int, dict[str, object]]:
+        response, answer = await api.request("POST", "/api/v1/gifts", token=viewer, json=body)
+        return response.status, answer
+
+    answers = await asyncio.gather(*(send() for _ in range(5)))
+    status, retry = await send()
+    assert status == 200 and retry["replayed"] is True, retry
+    assert sorted(s for s, _ in answers) == [200, 200, 200, 200, 201], answers
+    for _, answer in answers:
+        assert {k: answer[k] for k in (*_STORED, "balance")} == {
+            k: retry[k] for k in (*_STORED, "balance")}
+    assert retry["balance"] == 90

@@ -185,6 +185,57 @@ async def test_removed_messages_vanish_everywhere(node, second_node, live_room):
         assert [m["data"]["text"] for m in result["snapshot"]["recent_chat"]] == ["fine"]
 
 
+async def test_removing_a_message_the_room_never_had_is_404_and_publishes_nothing(
+    node, live_room, services
+):
+    room, creator = live_room
+    _, other_creator = await node.api.new_creator()
+    _, other = await node.api.request("POST", "/api/v1/streams", token=other_creator,
+                                      json={"title": "Elsewhere"})
+    _, token = await node.api.new_user()
+    async with node.client(token) as author, node.client() as reader:
+        await author.subscribe(room)
+        await author.subscribe(other["id"])
+        await reader.subscribe(room)
+        mine = await author.request({"type": "chat", "room": room, "text": "here"})
+        theirs = await author.request({"type": "chat", "room": other["id"], "text": "there"})
+        await reader.next_event("chat.message")
+        before = await services.bus.position(room)
+        assert before is not None and before.seq == mine["seq"]
+        for message_id in (str(uuid.uuid4()), theirs["message_id"]):
+            response, body = await node.api.request(
+                "DELETE", f"/api/v1/streams/{room}/chat/messages/{message_id}", token=creator)
+            assert (response.status, body["error"]["code"]) == (404, "message_not_found")
+        assert await services.bus.position(room) == before  # no seq taken
+        rows = await services.pool.fetch(
+            "SELECT message_id FROM chat_moderation_log WHERE stream_id = $1::uuid", room)
+        assert rows == []
+        # The next event the reader gets is the next chat, right after the last one.
+        after = await author.request({"type": "chat", "room": room, "text": "still here"})
+        event = await reader.next_event("chat.message", "chat.removed")
+        assert (event["type"], event["seq"]) == ("chat.message", before.seq + 1)
+        assert after["seq"] == before.seq + 1
+
+
+async def test_removing_a_message_twice_publishes_one_removal(node, live_room, services):
+    room, creator = live_room
+    _, token = await node.api.new_user()
+    async with node.client(token) as author:
+        await author.subscribe(room)
+        ack = await author.request({"type": "chat", "room": room, "text": "twice"})
+        path = f"/api/v1/streams/{room}/chat/messages/{ack['message_id']}"
+        first, second = await asyncio.gather(
+            node.api.request("DELETE", path, token=creator),
+            node.api.request("DELETE", path, token=creator))
+        assert (first[0].status, second[0].status) == (204, 204)
+        removed = await author.next_event("chat.removed")
+        assert removed["seq"] == ack["seq"] + 1
+        response, _ = await node.api.request("DELETE", path, token=creator)
+        assert response.status == 204
+        position = await services.bus.position(room)
+        assert position is not None and position.seq == ack["seq"] + 1
+
+
 async def test_moderator_role_moderates_any_room_and_others_cannot(node, live_room, services):
     room, _ = live_room
     stranger, stranger_token = await node.api.new_user()
@@ -272,3 +323,48 @@ async def test_auth_after_subscribing_applies_a_ban(node, live_room):
         await client.request({"type": "auth", "token": token})
         gone = await client.next_event("unsubscribed")
         assert gone["reason"] == "banned"
+
+
+async def test_a_banned_users_chat_is_answered_banned(node, second_node, live_room):
+    room, creator = live_room
+    victim, token = await node.api.new_user()
+    async with node.client(token) as client, second_node.client(token) as elsewhere:
+        await client.subscribe(room)
+        await client.request({"type": "chat", "room": room, "text": "hi"})
+        response, _ = await node.api.request(
+            "PUT", f"/api/v1/streams/{room}/chat/sanctions/{victim['id']}", token=creator,
+            json={"kind": "ban"})
+        assert response.status == 200
+        assert (await client.next_event("unsubscribed"))["reason"] == "banned"
+        # Removed from the room by the ban, and on a node where the user never subscribed.
+        for connection in (client, elsewhere):
+            with pytest.raises(HubError) as caught:
+                await connection.request({"type": "chat", "room": room, "text": "let me in"})
+            assert (caught.value.code, caught.value.message["room"]) == ("banned", room)
+        # Not subscribed and not banned stays not_subscribed; so does an unknown room.
+        _, bystander_token = await node.api.new_user()
+        async with node.client(bystander_token) as bystander:
+            for target in (room, str(uuid.uuid4())):
+                await _expect_error(bystander, {"type": "chat", "room": target, "text": "x"},
+                                    "not_subscribed")
+
+
+async def test_a_room_activated_by_a_refused_subscribe_is_let_go(node, live_room, monkeypatch):
+    import gateway.hub
+    from gateway.app import HUB_KEY
+
+    monkeypatch.setattr(gateway.hub, "IDLE_ROOM_S", 0.1)
+    hub = node.api.client.server.app[HUB_KEY]
+    room, creator = live_room
+    victim, token = await node.api.new_user()
+    await node.api.request("PUT", f"/api/v1/streams/{room}/chat/sanctions/{victim['id']}",
+                           token=creator, json={"kind": "ban"})
+    async with node.client(token) as client:
+        await _expect_error(client, {"type": "subscribe", "room": room}, "banned")
+        # Activated to judge the request, joined by nobody: the presence pass (every 2 s)
+        # lets it go. A generous bound, no timing.
+        for _ in range(300):
+            if room not in hub.rooms:
+                break
+            await asyncio.sleep(0.1)
+        assert room not in hub.rooms

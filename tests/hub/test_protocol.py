@@ -282,3 +282,77 @@ async def test_hub_metrics(node, live_room):
     lag = [s for s in families["livecore_fanout_lag_seconds"].samples
            if s.name.endswith("_count")]
     assert lag[0].value >= 1
+
+
+HEADER_TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+async def strict_door(make_services):
+    """A server whose connections have HEADER_TIMEOUT_S to send their first headers."""
+    from gateway.app import create_app
+    from tests.support import ApiClient
+
+    async with ApiClient.serving(create_app(make_services(header_timeout_s=HEADER_TIMEOUT_S))
+                                 ) as api:
+        yield api
+
+
+async def _read_until_closed(reader: asyncio.StreamReader, within_s: float = 30) -> bytes:
+    received = b""
+    async with asyncio.timeout(within_s):  # generous: "closed eventually", not a timing
+        while chunk := await reader.read(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("sent", [
+    b"GET /heal",  # half a request line (the front door's doorway)
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n",  # half the headers (aiohttp)
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",  # half a websocket handshake
+    b"",  # nothing at all
+])
+async def test_a_client_that_stalls_before_its_headers_end_is_closed(strict_door, sent):
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict_door.client.port)
+    try:
+        if sent:
+            writer.write(sent)
+            await writer.drain()
+        received = await _read_until_closed(reader)
+        assert received.startswith(b"HTTP/1.1 408 ")
+    finally:
+        writer.close()
+
+
+async def test_the_header_deadline_leaves_kept_alive_connections_and_bodies_alone(
+    strict_door
+):
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict_door.client.port)
+    try:
+        async def exchange(request: bytes) -> bytes:
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            await reader.readexactly(length)
+            return head
+
+        get = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert (await exchange(get)).startswith(b"HTTP/1.1 200 ")
+        # Idle between requests for several deadlines: keep-alive decides, not the deadline.
+        await asyncio.sleep(HEADER_TIMEOUT_S * 3)
+        assert (await exchange(get)).startswith(b"HTTP/1.1 200 ")
+        # A slow but steady body, over several deadlines, is read to its end.
+        body = b'{"username": "nobody_here", "password": "not the password"}'
+        writer.write(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        for i in range(0, len(body), 15):
+            writer.write(body[i:i + 15])
+            await writer.drain()
+            await asyncio.sleep(HEADER_TIMEOUT_S)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), head
+    finally:
+        writer.close()

@@ -73,6 +73,35 @@ async def test_recovery_when_nothing_was_missed(node, live_room):
         assert (result["recovered"], result["missed"], result["seq"]) == (True, 0, position[1])
 
 
+async def test_a_client_that_joined_an_empty_room_recovers_everything_since(
+    node, live_room, services
+):
+    room, token = live_room
+    async with node.client(token) as publisher:
+        client = await HubClient.connect(node.ws_url)
+        first = await client.subscribe(room)
+        assert (first["epoch"], first["seq"]) == ("", 0)
+        await client.close()
+        await publisher.subscribe(room)
+        acks = [await publisher.request({"type": "chat", "room": room, "text": f"m{i}"})
+                for i in range(3)]
+        again = await HubClient.connect(node.ws_url)
+        again.positions[room] = ("", 0)
+        result = await again.subscribe(room, recover=True)
+        assert (result["recovered"], result["missed"]) == (True, 3)
+        events = [await again.next_event("chat.message") for _ in range(3)]
+        assert [(e["seq"], e["data"]["text"]) for e in events] == [
+            (a["seq"], f"m{i}") for i, a in enumerate(acks)]
+        assert [e["seq"] for e in events] == [1, 2, 3]
+        # Once the start of the epoch has left the history, ("", 0) gets a snapshot.
+        await services.redis.xtrim(f"{services.bus.prefix}room:{{{room}}}:history",
+                                   minid="2-0", approximate=False)
+        again.positions[room] = ("", 0)
+        result = await again.subscribe(room, recover=True)
+        assert result["recovered"] is False and "snapshot" in result
+        await again.close()
+
+
 @pytest.mark.parametrize("how", ["other_epoch", "history_lost", "seq_from_the_future"])
 async def test_when_recovery_is_impossible_the_client_is_told_and_gets_a_snapshot(
     node, live_room, services, how

@@ -2,6 +2,9 @@
 
 import asyncio
 import signal
+import time
+
+import psutil
 
 from tests.processes import BIN, Background, environment, run
 from tests.support import PASSWORD, unique_name
@@ -92,3 +95,57 @@ async def test_worker_heartbeats_and_stops_on_sigterm(backend, services):
         worker.process.send_signal(signal.SIGTERM)
         assert worker.process.wait(30) == 0
         assert await services.redis.exists(key) == 0
+
+
+def _listening(port: int) -> set[tuple[int | None, str]]:
+    """(pid, address) of the sockets listening on ``port``."""
+    found = set()
+    for conn in psutil.net_connections("tcp"):
+        address = conn.laddr
+        if conn.status == psutil.CONN_LISTEN and isinstance(address, tuple) and address \
+                and address[1] == port:
+            found.add((conn.pid, str(address[0])))
+    return found
+
+
+async def test_serve_flags_override_the_environment(backend):
+    import aiohttp
+
+    from tests.processes import free_port
+
+    port, other = free_port(), free_port()
+    env = _env(backend, PORT=str(other), LIVECORE_HOST="::1", LIVECORE_PROCESSES="1")
+    command = [str(BIN / "livecore"), "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--processes", "2"]
+    with Background(command, env) as server:
+        banner = server.wait_for("Livecore serving on", timeout=90)
+        assert f"http://127.0.0.1:{port} (2 processes on the port)" in banner
+        # Two processes listen on the flag's address and port (the extra one took them too,
+        # not LIVECORE_HOST and PORT from its environment).
+        listening: set[tuple[int | None, str]] = set()
+        deadline = time.monotonic() + 60
+        while len(listening) < 2 and time.monotonic() < deadline:
+            listening = _listening(port)
+            await asyncio.sleep(0.2)
+        assert len(listening) == 2 and {ip for _pid, ip in listening} == {"127.0.0.1"}
+        assert _listening(other) == set()
+        async with aiohttp.ClientSession() as http:
+            for _ in range(4):
+                async with http.get(f"http://127.0.0.1:{port}/healthz",
+                                    headers={"Connection": "close"}) as response:
+                    assert response.status == 200
+        assert server.interrupt() == 0
+
+
+def test_serve_help_and_bad_flags():
+    done = run(["serve", "--help"], environment())
+    assert done.returncode == 0
+    for flag, variable in (("--host", "LIVECORE_HOST"), ("--port", "PORT"),
+                           ("--processes", "LIVECORE_PROCESSES")):
+        assert flag in done.stdout and variable in done.stdout
+    for args, message in ((["--port", "eighty"], "port must be a whole number"),
+                          (["--port", "70000"], "port must be between 0 and 65535"),
+                          (["--processes", "0"], "processes must be between 1 and 1024")):
+        done = run(["serve", *args], environment())
+        assert done.returncode == 2, args
+        assert message in done.stderr, (args, done.stderr)

@@ -185,13 +185,23 @@ async def test_a_gift_between_commit_and_redis_is_transient_not_a_finding(
 ) -> None:
     await ledger.send(ledger.viewers[0], 5)
     order = await ledger.commit(ledger.viewers[1], 4)  # committed; Redis not updated yet
+    projection = ledger.projection
+    first_look = asyncio.Event()
+
+    class Watched(RedisProjection):
+        async def reconcile(self, *args: Any, **kwargs: Any) -> Any:
+            found = await projection.reconcile(*args, **kwargs)
+            if found is not None:  # the first look saw the difference; now the pause
+                first_look.set()
+            return found
 
     async def late_update() -> None:
-        await asyncio.sleep(0.1)  # the pass is in its confirmation pause (1 s)
+        await first_look.wait()  # the pass has seen the difference and is in its pause
         await ledger.project(order)
 
-    report, _ = await asyncio.gather(ledger.reconciler(confirm_delay_s=1.0).run_pass(),
-                                     late_update())
+    reconciler = ledger.reconciler(confirm_delay_s=5.0,
+                                   projection=Watched(ledger.redis, ledger.prefix))
+    report, _ = await asyncio.gather(reconciler.run_pass(), late_update())
     assert report is not None
     assert report.findings == () and report.transient == 1
     assert await ledger.projection.reconcile(ledger.pool, ledger.stream, repair=False) is None

@@ -125,12 +125,16 @@ async def test_lifecycle_and_live_listing(api, services):
     assert response.status == 200
     assert_matches(schemas.STREAM_LIST, page)
     listed = [s for s in page["streams"] if s["id"] == stream["id"]]
-    assert len(listed) == 1 and listed[0]["state"] == "live" and listed[0]["started_at"]
+    assert len(listed) == 1 and listed[0]["state"] == "live"
+    assert dt.datetime.fromisoformat(listed[0]["started_at"]) == live.started_at
     assert "stream_key" not in listed[0]
 
     response, ended = await api.request("POST", f"/api/v1/streams/{stream['id']}/end", token=token)
     assert response.status == 200
-    assert ended["state"] == "ended" and ended["ended_at"]
+    assert ended["state"] == "ended"
+    assert live.started_at is not None
+    ended_at = dt.datetime.fromisoformat(ended["ended_at"])
+    assert live.started_at <= ended_at <= dt.datetime.now(dt.UTC)
     response, page = await api.request("GET", "/api/v1/streams?state=live")
     assert stream["id"] not in [s["id"] for s in page["streams"]]
     response, page = await api.request(

@@ -531,7 +531,7 @@ async def test_viewers_joining_together_or_just_after_a_keyframe_all_get_frames(
         # Long enough that the last viewer joins within it; no keyframe requests for HLS's
         # sake meanwhile.
         monkeypatch.setattr("gateway.media.PLI_INTERVAL_S", 2.0)
-        monkeypatch.setattr("gateway.media.TARGET_DURATION_S", 3600)
+        monkeypatch.setattr("gateway.media.SEGMENT_S", 3600)
         media: MediaHub = api.client.app[MEDIA_KEY]
         broadcast = media.broadcasts[StreamId(uuid.UUID(stream_id))]
         broadcast._last_pli = float("-inf")

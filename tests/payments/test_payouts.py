@@ -3,6 +3,7 @@ out (tests/payments/test_stripe.py runs payouts against the Stripe fake, with cr
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -16,6 +17,7 @@ from gateway.payment_api import EARNINGS, PAYOUT
 from gateway.services import Services
 from ledger.audit import verify_postgres
 from ledger.batcher import grant
+from ledger.payouts import Payouts
 from livecore.accounts import Role
 from livecore.streams import StreamEvent
 from tests.support import PASSWORD, ApiClient, assert_matches
@@ -180,4 +182,36 @@ async def test_finance_sees_purchases_payouts_and_debts(
                      ("reversal", "debt", purchase["purchase_id"])}
     response, _ = await api.request("GET", "/api/v1/finance/debts", token=buyer_token)
     assert response.status == 403
+    assert all(check.ok for check in await verify_postgres(services.pool, analyze=False))
+
+
+async def test_concurrent_duplicate_payouts_are_answered_as_a_retry_is(
+        api: ApiClient, services: Services, earner: dict[str, Any]) -> None:
+    """Five requests with one payout id at once: one 201, and four answers equal to what a
+    retry afterwards gets (200, the payout as it stands); the diamonds move once."""
+    token = earner["token"]
+    await api.request("PUT", "/api/v1/me/payout-account", token=token,
+                      json={"stripe_account_id": "acct_1Dup", "password": PASSWORD})
+    payout_id = str(uuid.uuid4())
+    answers = await asyncio.gather(*(_payout(api, token, 2000, payout_id) for _ in range(5)))
+    retry = await _payout(api, token, 2000, payout_id)
+    assert retry[0] == 200 and retry[1]["status"] == "paid", retry
+    assert sorted(status for status, _ in answers) == [200, 200, 200, 200, 201], answers
+    assert all(body == retry[1] for _, body in answers), answers
+    _, earnings = await api.request("GET", "/api/v1/me/earnings", token=token)
+    assert (earnings["available_diamonds"], earnings["paid_diamonds"]) == (7499 - 2000, 2000)
+
+    # Two gateway processes (here: two Payouts, which share no lock in memory): the database
+    # settles it, and a duplicate gets the stored payout, not a 500 nor a refusal for want of
+    # the diamonds the first one took.
+    creator_id = uuid.UUID(earner["id"])
+    nodes = [Payouts(services.pool, services.provider, services.settings, services.clock)
+             for _ in range(5)]
+    payout_id_2 = uuid.uuid4()
+    results = await asyncio.gather(*(node.request(creator_id, payout_id_2, 5000)
+                                     for node in nodes))
+    assert sorted(is_new for _, is_new in results) == [False] * 4 + [True]
+    assert {(p.id, p.diamonds) for p, _ in results} == {(payout_id_2, 5000)}
+    _, earnings = await api.request("GET", "/api/v1/me/earnings", token=token)
+    assert earnings["available_diamonds"] == 7499 - 7000
     assert all(check.ok for check in await verify_postgres(services.pool, analyze=False))

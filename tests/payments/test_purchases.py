@@ -334,6 +334,7 @@ async def test_a_refund_before_its_payment_is_applied_when_the_payment_comes(
     assert await services.purchases.handle_event(refund) == "unmatched"
     completed = _event("checkout.session.completed", {
         "id": purchase.checkout_id, "object": "checkout.session", "payment_status": "paid",
+        "amount_total": 99, "currency": "usd",
         "payment_intent": "pi_late", "metadata": {"purchase_id": str(purchase.id)},
         "client_reference_id": str(purchase.id)})
     assert await services.purchases.handle_event(completed) == "applied"
@@ -366,3 +367,71 @@ async def test_a_paid_event_for_another_sum_credits_nothing(api: ApiClient,
         "amount_received": 99, "currency": "USD", "metadata": {"purchase_id": str(purchase.id)}})
     await services.purchases.handle_event(right)
     assert (await _wallet(api, token))["coins"] == 70
+
+
+async def _pay_answer(api: ApiClient, token: str, purchase_id: str,
+                      outcome: str = "pay") -> tuple[int, Any]:
+    response, body = await api.request("POST", f"/api/v1/test-payments/{purchase_id}",
+                                       token=token, json={"outcome": outcome})
+    return response.status, body
+
+
+@pytest.mark.parametrize("method", ["checkout", "payment_intent"])
+async def test_concurrent_duplicates_are_answered_as_sequential_ones(api: ApiClient,
+                                                                    method: str) -> None:
+    """Five identical requests at once get what five in a row get: for a purchase, one 201
+    and the same purchase four times (200); for the test page's Pay, one 200 and four
+    purchase_not_pending (409), as a click after the payment gets; coins are credited once."""
+    _, token = await api.new_user()
+    purchase_id = str(uuid.uuid4())
+    created = await asyncio.gather(*(_buy(api, token, method=method, purchase_id=purchase_id)
+                                     for _ in range(5)))
+    retry = await _buy(api, token, method=method, purchase_id=purchase_id)
+    assert retry[0] == 200, retry
+    assert sorted(status for status, _ in created) == [200, 200, 200, 200, 201], created
+    assert all(body == retry[1] for _, body in created), created
+    paid = await asyncio.gather(*(_pay_answer(api, token, purchase_id) for _ in range(5)))
+    later = await _pay_answer(api, token, purchase_id)
+    assert (later[0], later[1]["error"]["code"]) == (409, "purchase_not_pending"), later
+    assert sorted(status for status, _ in paid) == [200, 409, 409, 409, 409], paid
+    assert [body["status"] for status, body in paid if status == 200] == ["paid"]
+    assert all(body == later[1] for status, body in paid if status == 409), paid
+    # A Decline after the payment (or racing it) does not undo it either.
+    declined = await asyncio.gather(*(_pay_answer(api, token, purchase_id, "decline")
+                                      for _ in range(2)))
+    assert all(answer == later for answer in declined), declined
+    assert await _wallet(api, token) == {"coins": 70, "diamonds": 0, "debt_coins": 0}
+
+
+async def test_a_pay_and_a_decline_at_once_have_one_outcome(api: ApiClient) -> None:
+    _, token = await api.new_user()
+    _, purchase = await _buy(api, token, method="payment_intent")
+    answers = await asyncio.gather(_pay_answer(api, token, purchase["purchase_id"]),
+                                   _pay_answer(api, token, purchase["purchase_id"], "decline"))
+    assert sorted(status for status, _ in answers) == [200, 409], answers
+    [(_, winner)] = [a for a in answers if a[0] == 200]
+    [(_, loser)] = [a for a in answers if a[0] == 409]
+    assert loser["error"]["status"] == winner["status"]
+    assert (await _wallet(api, token))["coins"] == (70 if winner["status"] == "paid" else 0)
+
+
+@pytest.mark.parametrize("kind", ["payment_intent.succeeded", "checkout.session.completed"])
+async def test_a_paid_event_that_does_not_say_the_sum_credits_nothing(
+        api: ApiClient, services: Services, kind: str) -> None:
+    _, token = await api.new_user()
+    method = "payment_intent" if kind.startswith("payment_intent") else "checkout"
+    _, created = await _buy(api, token, method=method)
+    purchase = await services.purchases.get(uuid.UUID(created["purchase_id"]))
+    metadata = {"purchase_id": str(purchase.id)}
+    if method == "payment_intent":
+        obj: dict[str, Any] = {"id": purchase.payment_intent_id, "object": "payment_intent",
+                               "status": "succeeded", "metadata": metadata}
+    else:
+        obj = {"id": purchase.checkout_id, "object": "checkout.session",
+               "payment_status": "paid", "metadata": metadata}
+    for sums in ({}, {"currency": "usd"}, {"amount_total": 99, "amount": 99}):
+        event = _event(kind, {**obj, **sums})
+        assert await services.purchases.handle_event(event) == "applied"
+        assert (await services.purchases.get(purchase.id)).status == "pending", sums
+    assert (await _wallet(api, token))["coins"] == 0
+    assert all(check.ok for check in await verify_postgres(services.pool, analyze=False))

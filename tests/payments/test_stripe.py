@@ -178,8 +178,8 @@ async def test_forged_and_stale_signatures_are_refused_and_change_nothing(shop: 
     event = orjson.dumps({
         "id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "payment_intent.succeeded",
         "created": int(time.time()), "data": {"object": {
-            "id": intent, "object": "payment_intent",
-            "metadata": {"purchase_id": purchase["purchase_id"]}}}})
+            "id": intent, "object": "payment_intent", "amount": 999, "amount_received": 999,
+            "currency": "usd", "metadata": {"purchase_id": purchase["purchase_id"]}}}})
     secret = shop.fake.webhook_secret
     forged = sign(event, "whsec_not_the_secret")
     stale = sign(event, secret, timestamp=int(time.time()) - 3600)

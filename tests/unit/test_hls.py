@@ -17,12 +17,17 @@ from livecore.errors import BadRequest
 from livecore.hls import (
     INIT_NAME,
     TICKS_PER_S,
+    BadBox,
     BadDuration,
     BadReloadRequest,
+    BoxFramer,
+    Chunk,
+    ChunkKind,
     EmptySegment,
     FileRef,
     PackagingError,
     PartRef,
+    PartTooLong,
     Reload,
     ReloadRequest,
     Rendition,
@@ -297,25 +302,44 @@ def test_durations_print_without_float_noise():
     assert rendition.segments[0].duration == 2 * TICKS_PER_S
 
 
-def test_a_longer_segment_raises_the_target_and_it_never_falls():
-    rendition = Rendition(target_duration_s=2, part_target_s=0.5)
-    feed(rendition, 1, 4, 0.5)
-    assert check(rendition).target == 2
-    feed(rendition, 1, 5, 0.5)  # 2.5 s: rounded up, 3
-    assert check(rendition).target == 3
-    feed(rendition, 30, 1, 0.5)  # the long one has left the window
-    seen = check(rendition)
-    assert seen.target == 3 and "seg1.m4s" not in seen.listed
-    assert rendition.target_duration_s == 3
+def test_segments_are_cut_at_a_keyframe_once_long_enough():
+    rendition = Rendition(target_duration_s=4, part_target_s=0.5, min_segment_s=1.0)
+    keys = [True, False, True, False, False, True, False, False, False, False, True]
+    parts = [rendition.add_part(0.5, independent=key) for key in keys]
+    # Keyframes 1.0 s, 1.5 s and 2.5 s into their segments: each is a cut.
+    assert [(p.msn, p.index) for p in parts] == [
+        (0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (2, 3), (2, 4), (3, 0)]
+    assert [s.duration for s in rendition.segments] == [100_000, 150_000, 250_000]
+    early = Rendition(target_duration_s=4, part_target_s=0.5, min_segment_s=1.0)
+    early.add_part(0.5, independent=True)
+    assert early.add_part(0.5, independent=True).msn == 0  # 0.5 s in: too short to cut
+    check(rendition)
 
 
-def test_a_longer_part_raises_the_part_target():
+def test_without_keyframes_segments_are_cut_at_the_target_which_never_changes():
+    """A publisher whose keyframes are further apart than the target (RFC 8216 4.3.3.1 and
+    6.2.1: every EXTINF fits the target, and the target does not change)."""
+    rendition = Rendition(target_duration_s=2, part_target_s=0.3)
+    rendition.add_part(0.3, independent=True)
+    for _ in range(30):
+        rendition.add_part(0.3, independent=False)
+        assert check(rendition).target == 2
+    durations = [s.duration for s in rendition.segments]
+    assert durations == [180_000] * 5  # six parts; a seventh would make 2.1 s
+    assert [s.parts[0].independent for s in rendition.segments] == [True] + [False] * 4
+    assert rendition.target_duration_s == 2
+
+
+def test_a_part_longer_than_the_part_target_is_refused_and_changes_nothing():
     rendition = Rendition(target_duration_s=2, part_target_s=0.2)
     rendition.add_part(0.2, independent=True)
-    rendition.add_part(0.26, independent=False)
+    before = rendition.render()
+    with pytest.raises(PartTooLong):
+        rendition.add_part(0.26, independent=False)
+    assert rendition.render() == before
     seen = check(rendition)
-    assert seen.part_target == 26_000 and seen.part_hold_back == 78_000
-    assert rendition.part_target_s == 0.26
+    assert seen.part_target == 20_000 and seen.part_hold_back == 60_000
+    assert rendition.part_target_s == 0.2
 
 
 @pytest.mark.parametrize("duration", [0.0, -0.2, math.nan, math.inf, -math.inf, 4e-6, 1e308])
@@ -341,7 +365,8 @@ def test_misuse_is_refused_with_clear_errors():
     assert issubclass(PackagingError, ValueError)
     assert len(rendition.segments) == 1
     for kwargs in ({"target_duration_s": 0}, {"window": 0}, {"part_target_s": 0.0},
-                   {"target_duration_s": 1, "part_target_s": 1.5}):
+                   {"target_duration_s": 1, "part_target_s": 1.5},
+                   {"target_duration_s": 1, "min_segment_s": 1.5}):
         with pytest.raises(ValueError):
             Rendition(**kwargs)
 
@@ -473,7 +498,7 @@ def test_part_files_expire_three_target_durations_after_leaving_the_playlist():
 
 _ops = st.lists(
     st.one_of(
-        st.tuples(st.floats(min_value=0.01, max_value=1.5), st.booleans()),
+        st.tuples(st.floats(min_value=0.05, max_value=1.0), st.booleans()),  # of the part target
         st.none(),  # a segment boundary
     ),
     max_size=80,
@@ -500,8 +525,9 @@ def test_any_feed_keeps_every_playlist_valid(ops, target, part_target, window):
             else:
                 rendition.close_segment()
         else:
-            fed += rendition.add_part(op[0], independent=op[1]).duration
+            fed += rendition.add_part(op[0] * part_target, independent=op[1]).duration
         seen = check(rendition)
+        assert seen.target == target  # never changes; check() holds every EXTINF to it
         closed = len(rendition.segments)
         listed = [ticks for _, ticks in seen.segments]
         # The window only slides forward, and shows every segment from there to the last.
@@ -515,12 +541,11 @@ def test_any_feed_keeps_every_playlist_valid(ops, target, part_target, window):
         fresh = set(rendition.take_expired())
         assert not fresh & seen.listed and not fresh & expired
         expired |= fresh
-        if seen.target == target:  # the target never moved: the spec's floors hold
-            three = 3 * target * TICKS_PER_S
-            if seen.media_sequence > 0:
-                assert sum(listed) >= three
-            shown = sum(t for ps in seen.parts for _, t, _ in ps)
-            assert shown >= min(three, sum(listed) + sum(t for _, t, _ in seen.parts[-1]))
+        three = 3 * target * TICKS_PER_S  # the spec's floors hold
+        if seen.media_sequence > 0:
+            assert sum(listed) >= three
+        shown = sum(t for ps in seen.parts for _, t, _ in ps)
+        assert shown >= min(three, sum(listed) + sum(t for _, t, _ in seen.parts[-1]))
         previous = seen
     rendition.end()
     seen = check(rendition)
@@ -530,3 +555,66 @@ def test_any_feed_keeps_every_playlist_valid(ops, target, part_target, window):
     assert sum(ticks for _, ticks in seen.segments) == fed
     expired |= set(rendition.take_expired())
     assert expired == {p.uri for s in rendition.segments for p in s.parts}
+
+
+# -- the byte-stream framer -----------------------------------------------------------------
+
+
+def _box(kind: bytes, payload: bytes, *, large: bool = False) -> bytes:
+    if large:  # size 1, then a 64-bit size (ISO/IEC 14496-12 4.2)
+        return (1).to_bytes(4, "big") + kind + (16 + len(payload)).to_bytes(8, "big") + payload
+    return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+
+_INIT = _box(b"ftyp", b"iso6cmfc") + _box(b"moov", _box(b"mvhd", bytes(100)))
+_FRAGMENTS = [
+    _box(b"moof", _box(b"mfhd", bytes(8))) + _box(b"mdat", bytes(range(256)) * 3),
+    _box(b"styp", b"msdh") + _box(b"moof", bytes(40)) + _box(b"mdat", b"x" * 70, large=True),
+    _box(b"moof", bytes(24)) + _box(b"mdat", b""),  # an empty mdat is still a fragment's end
+]
+_STREAM = _INIT + b"".join(_FRAGMENTS) + _box(b"mfra", bytes(16))
+_EXPECTED = [Chunk(ChunkKind.INIT, _INIT)] + [Chunk(ChunkKind.FRAGMENT, f) for f in _FRAGMENTS]
+
+
+def _framed(writes: list[bytes]) -> list[Chunk]:
+    framer = BoxFramer()
+    chunks = [chunk for write in writes for chunk in framer.feed(write)]
+    assert framer.pending == 0
+    return chunks
+
+
+def test_the_framer_cuts_whole_boxes_whatever_the_writes():
+    assert _framed([_STREAM]) == _EXPECTED  # many boxes in one write
+    assert _framed([bytes([b]) for b in _STREAM]) == _EXPECTED  # a byte at a time
+    for cut in range(1, len(_STREAM)):  # mid-header, mid-size, mid-payload, on a boundary
+        assert _framed([_STREAM[:cut], _STREAM[cut:]]) == _EXPECTED, cut
+    for size in (3, 7, 15, 16, 17, 100, 32 * 1024):
+        writes = [_STREAM[at:at + size] for at in range(0, len(_STREAM), size)]
+        assert _framed(writes) == _EXPECTED, size
+
+
+def test_a_fragment_is_handed_out_as_soon_as_its_mdat_is_whole():
+    framer = BoxFramer()
+    assert framer.feed(_INIT[:-1]) == []
+    assert framer.feed(_INIT[-1:]) == [Chunk(ChunkKind.INIT, _INIT)]
+    first = _FRAGMENTS[0]
+    assert framer.feed(first[:-1]) == [] and framer.pending == len(first) - 1
+    assert framer.feed(first[-1:]) == [Chunk(ChunkKind.FRAGMENT, first)]
+    assert framer.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        (_box(b"moof", b"") + _box(b"mdat", b""), "before the moov"),
+        (_INIT + _box(b"moov", b""), "second moov"),
+        (_INIT + (0).to_bytes(4, "big") + b"mdat", "end of the file"),
+        (_INIT + (7).to_bytes(4, "big") + b"moof", "shorter than its own header"),
+        (_INIT + (1).to_bytes(4, "big") + b"mdat" + (15).to_bytes(8, "big"), "shorter"),
+    ],
+)
+def test_the_framer_refuses_boxes_that_cannot_be(stream, message):
+    framer = BoxFramer()
+    with pytest.raises(BadBox, match=message) as caught:
+        framer.feed(stream)
+    assert isinstance(caught.value, PackagingError)

@@ -106,3 +106,53 @@ def test_the_documented_limits_match_the_code():
     for name, value in wire.limits().items():
         assert f"`{name}`" in doc, name
         assert f'"{name}": {json.dumps(value)}' in doc, f"hello example: {name}"
+
+
+def _section(doc: str, heading: str) -> str:
+    start = doc.index(heading + "\n")
+    end = doc.find("\n#", start + len(heading))
+    return doc[start:end if end >= 0 else None]
+
+
+def _table_rows(section: str) -> dict[str, list[str]]:
+    """First-column names (backticked) of the first table in ``section``, with their cells."""
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].startswith("`"):
+            for name in re.findall(r"`([^`]+)`", cells[0]):
+                rows[name] = cells[1:]
+    return rows
+
+
+def test_the_client_messages_table_lists_every_client_message_and_its_answer():
+    rows = _table_rows(_section(_doc(), "### Client messages"))
+    assert sorted(rows) == sorted(wire.CLIENT_SCHEMAS)
+    wrong = {name: cells[-1] for name, cells in rows.items()
+             if not cells[-1].startswith(f"`{wire.CLIENT_ANSWERS[name]}`")}
+    assert wrong == {}
+
+
+def test_the_ack_section_names_every_message_an_ack_answers():
+    section = _section(_doc(), "#### ack")
+    acked = [name for name, answer in wire.CLIENT_ANSWERS.items() if answer == "ack"]
+    missing = [name for name in acked if f"`{name}`" not in section]
+    assert missing == []
+
+
+def test_every_client_message_has_its_own_section():
+    doc = _doc()
+    missing = [name for name in wire.CLIENT_SCHEMAS if f"\n#### {name}\n" not in doc]
+    assert missing == []
+
+
+def test_the_server_messages_table_lists_every_server_message():
+    rows = _table_rows(_section(_doc(), "### Server messages"))
+    expected = set(wire.SERVER_SCHEMAS) - set(wire.ROOM_EVENT_SCHEMAS)
+    assert sorted(rows) == sorted(expected)
+
+
+def test_every_server_message_has_its_own_section():
+    doc = _doc()
+    missing = [name for name in wire.SERVER_SCHEMAS if f"\n#### {name}\n" not in doc]
+    assert missing == []

@@ -82,4 +82,4 @@ def test_every_setting_is_documented(tmp_path):
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for name, _default, description in Settings.documented():
         assert f"`{name}`" in docs, name
-        assert description
+        assert len(description.split()) >= 3, (name, description)  # says something

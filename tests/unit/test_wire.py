@@ -3,6 +3,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from livecore import wire
 from livecore.wire import (
     CLIENT_SCHEMAS,
     SERVER_SCHEMAS,
@@ -142,3 +143,51 @@ def test_compiled_validators_alone_match_the_reference():
         except fastjsonschema.JsonSchemaValueException:
             fast = False
         assert fast == Draft202012Validator(CLIENT_SCHEMAS[kind]).is_valid(message), message
+
+
+def _open_everywhere(schema, where="message"):
+    """Paths inside a schema where an object forbids properties it does not list."""
+    closed = []
+    if isinstance(schema, dict):
+        if schema.get("additionalProperties") is False:
+            closed.append(where)
+        for key, value in schema.items():
+            if isinstance(value, dict):
+                for name, sub in (value.items() if key in ("properties", "$defs")
+                                  else [(key, value)]):
+                    closed += _open_everywhere(sub, f"{where}.{name}")
+            elif isinstance(value, list):
+                for i, sub in enumerate(value):
+                    closed += _open_everywhere(sub, f"{where}.{key}[{i}]")
+    return closed
+
+
+def test_server_messages_are_open_to_properties_added_later():
+    # A client validating what it receives keeps working when v1 adds optional properties.
+    document = wire.document()
+    assert _open_everywhere(document["$defs"]["server"]) == []
+    assert _open_everywhere(document["$defs"]["subscribe_result"]) == []
+    examples: dict[str, dict[str, Any]] = {
+        "pong": {"type": "pong", "server_time": 1.5},
+        "chat.removed": {"type": "chat.removed", "seq": 3, "epoch": "e",
+                         "room": "7f1d6a34-2b9e-4c1d-8e5f-0a6b3c9d2e17", "ts": 1.0,
+                         "data": {"message_id": "c1b2a3f4-5e6d-4c7b-8a99-0f1e2d3c4b5a",
+                                  "by": {"id": "3c2b1a09-8f7e-4d6c-b5a4-392817160504",
+                                         "username": "grace"}}},
+    }
+    for kind, message in examples.items():
+        validator = Draft202012Validator(document["$defs"]["server"][kind])
+        assert list(validator.iter_errors(message)) == []
+        later: dict[str, Any] = {**message, "added_later": {"x": 1}}
+        if "data" in later:
+            later["data"] = {**later["data"], "reason": "spam"}
+            later["data"]["by"] = {**later["data"]["by"], "avatar": "a.png"}
+        assert list(validator.iter_errors(later)) == [], kind
+
+
+def test_client_messages_stay_closed():
+    for name, schema in wire.document()["$defs"]["client"].items():
+        assert schema["additionalProperties"] is False, name
+    with pytest.raises(wire.ProtocolError) as caught:
+        wire.parse_client_message('{"type": "ping", "extra": 1}')
+    assert caught.value.code == "invalid_message"
