@@ -16,10 +16,11 @@ from livecore.wire import CLOSE_FLOODING, CLOSE_UNSUPPORTED_VERSION, MAX_FRAME_B
 
 async def test_hello_tells_version_session_user_and_limits(node, live_room):
     _, token = live_room
+    _, me = await node.api.request("GET", "/api/v1/me", token=token)
     async with node.client(token) as client:
         hello = client.hello
         assert hello["v"] == 1 and len(hello["session"]) == 32
-        assert hello["user"]["username"]
+        assert (hello["user"]["id"], hello["user"]["username"]) == (me["id"], me["username"])
         assert hello["limits"]["max_frame_bytes"] == MAX_FRAME_BYTES
     async with node.client() as anonymous:
         assert anonymous.hello["user"] is None

@@ -4,6 +4,7 @@ import asyncio
 import socket
 import time
 
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -153,7 +154,9 @@ async def test_a_slow_consumer_is_dropped_and_never_delays_the_room(node, live_r
         async with connect(node.ws_url, max_queue=1, compression=None, sock=sock) as slow:
             await slow.recv()  # hello
             await slow.send(f'{{"type": "subscribe", "room": "{room}", "id": "s"}}')
-            await asyncio.sleep(0.2)
+            # Subscribed once its answer came (then it stops reading).
+            while orjson.loads(await slow.recv()).get("id") != "s":
+                pass
             # 9 MB: more than the kernel's socket buffers (4 MB send + receive here) and the
             # hub's 1 MiB limit together.
             text = "x" * 3000

@@ -101,7 +101,8 @@ async def test_a_purchase_credits_coins_only_once_paid(api: ApiClient, method: s
         assert purchase["checkout_url"] == str(api.client.make_url(f"/pay/test/{purchase_id}"))
         assert purchase["client_secret"] is None
     else:
-        assert purchase["client_secret"] and purchase["checkout_url"] is None
+        assert purchase["client_secret"].startswith("pi_test_")
+        assert purchase["checkout_url"] is None
     # Nothing is credited before the payment's event, whatever the client does.
     assert (await _wallet(api, token))["coins"] == 0
     # A retry replays the purchase.
@@ -111,7 +112,9 @@ async def test_a_purchase_credits_coins_only_once_paid(api: ApiClient, method: s
                               package="coins-350")
     assert (status, body["error"]["code"]) == (409, "purchase_id_conflict")
     paid = await _pay(api, token, purchase_id)
-    assert paid["status"] == "paid" and paid["paid_at"] and paid["client_secret"] is None
+    assert paid["status"] == "paid" and paid["client_secret"] is None
+    assert dt.datetime.fromisoformat(paid["paid_at"]) >= dt.datetime.fromisoformat(
+        paid["created_at"])
     assert await _wallet(api, token) == {"coins": 70, "diamonds": 0, "debt_coins": 0}
     response, body = await api.request("POST", f"/api/v1/test-payments/{purchase_id}",
                                        token=token, json={"outcome": "pay"})
@@ -179,7 +182,10 @@ async def test_the_daily_cap_counts_paid_and_recent_pending_purchases(capped: Ap
     status, body = await _buy(api, token, package="coins-700")  # 19.98 > 15.00
     assert status == 409 and body["error"]["code"] == "spending_cap_reached", body
     assert (body["error"]["cap_minor"], body["error"]["spent_minor"]) == (1500, 999)
-    assert body["error"]["resets_at"]
+    # The cap resets a day after the first purchase of the window.
+    window_starts = dt.datetime.fromisoformat(first["created_at"])
+    resets = dt.datetime.fromisoformat(body["error"]["resets_at"]) - window_starts
+    assert abs(resets - dt.timedelta(hours=24)) <= dt.timedelta(seconds=5)
     status, _ = await _buy(api, token, package="coins-350")  # 14.98: fits
     assert status == 201
     _, spending = await api.request("GET", "/api/v1/me/spending", token=token)

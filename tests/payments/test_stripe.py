@@ -168,7 +168,7 @@ async def test_a_new_event_delivered_three_times_at_once_credits_once(shop: Shop
     stored = await shop.services.pool.fetchval(
         "SELECT count(*) FROM provider_events WHERE id = ANY($1::text[])",
         [completed["id"], succeeded["id"]])
-    assert stored == 2 and user
+    assert stored == 2
 
 
 async def test_forged_and_stale_signatures_are_refused_and_change_nothing(shop: Shop) -> None:
@@ -357,7 +357,7 @@ async def test_a_crash_between_the_transfer_and_the_post_neither_loses_nor_pays_
     assert await shop.services.payouts.retry_stuck() == {"paid": 0, "failed": 0, "pending": 0}
     _, earnings = await shop.api.request("GET", "/api/v1/me/earnings", token=token)
     assert (earnings["pending_diamonds"], earnings["paid_diamonds"]) == (0, 3000)
-    assert creator_id and account
+    assert next(iter(shop.fake.transfers.values()))["destination"] == account
     assert all(c.ok for c in await verify_postgres(shop.services.pool, analyze=False))
 
 
