@@ -167,6 +167,21 @@ async def test_a_published_stream_goes_live_and_viewers_decode_forwarded_frames(
         await publisher.close()
 
 
+def keyframe_requests(publisher: RTCPeerConnection) -> list[float]:
+    """The loop times at which ``publisher`` is asked for a keyframe from now on (its video
+    sender's requests, counted as they come)."""
+    [video_sender] = [s for s in publisher.getSenders() if s.track and s.track.kind == "video"]
+    asked: list[float] = []
+    original = video_sender._send_keyframe
+
+    def counted() -> None:
+        asked.append(asyncio.get_running_loop().time())
+        original()
+
+    video_sender._send_keyframe = counted  # type: ignore[method-assign]
+    return asked
+
+
 async def test_the_stream_ends_when_the_publisher_leaves_and_stays_if_it_returns(
         media_api: ApiClient) -> None:
     api = media_api
@@ -284,15 +299,7 @@ async def test_viewers_keyframe_requests_reach_the_publisher_rate_limited(
     stream_id, key, _ = await new_stream(api)
     publisher, _ = await publish(api, stream_id, key)
     try:
-        [video_sender] = [s for s in publisher.getSenders() if s.track and s.track.kind == "video"]
-        asked: list[float] = []
-        original = video_sender._send_keyframe
-
-        def counted() -> None:
-            asked.append(asyncio.get_running_loop().time())
-            original()
-
-        video_sender._send_keyframe = counted  # type: ignore[method-assign]
+        asked = keyframe_requests(publisher)
         await until_state(api, stream_id, "live")
         monkeypatch.setattr("gateway.media.PLI_INTERVAL_S", 3600.0)  # one per test, at most
         media: MediaHub = api.client.app[MEDIA_KEY]
@@ -518,15 +525,7 @@ async def test_viewers_joining_together_or_just_after_a_keyframe_all_get_frames(
     publisher, _ = await publish(api, stream_id, key, camera=Steady())
     viewers: list[RTCPeerConnection] = []
     try:
-        [video_sender] = [s for s in publisher.getSenders() if s.track and s.track.kind == "video"]
-        asked: list[float] = []
-        original = video_sender._send_keyframe
-
-        def counted() -> None:
-            asked.append(asyncio.get_running_loop().time())
-            original()
-
-        video_sender._send_keyframe = counted  # type: ignore[method-assign]
+        asked = keyframe_requests(publisher)
         await until_state(api, stream_id, "live")
         # Long enough that the last viewer joins within it; no keyframe requests for HLS's
         # sake meanwhile.
