@@ -8,9 +8,12 @@ No frame is decoded or encoded per viewer. aiortc has no public API for forwardi
 receiver's decoder thread is replaced, for the publisher's tracks only, by one that hands on the
 reassembled encoded frame as an ``av.Packet`` (:func:`install_forwarding`); ``RTCRtpSender``
 packetises such a packet again without encoding it. This hooks ``aiortc.rtcrtpreceiver``'s
-``decoder_worker`` and two private methods (``RTCRtpReceiver._send_rtcp_pli``,
-``RTCRtpSender._send_keyframe``): aiortc is pinned in pyproject.toml and the hooks are covered
-by tests/media.
+``decoder_worker`` and private methods (``RTCRtpReceiver._send_rtcp_pli``,
+``RTCRtpSender._send_keyframe``, ``RTCDtlsTransport._send_rtp`` for pacing) and reaches
+aioice's sockets: aiortc is pinned in pyproject.toml and the hooks are covered by tests/media.
+
+What each viewer is sent is paced (:class:`Pacer`), and publishers' sockets get a receive
+buffer that holds a 1080p keyframe sent in one burst (:func:`enlarge_receive_buffers`).
 
 A new viewer starts on a keyframe (its video waits for one, and the publisher is asked for
 one); a viewer's keyframe request (PLI) is passed on to the publisher, at most once per
@@ -33,6 +36,7 @@ import fractions
 import hmac
 import logging
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -89,6 +93,18 @@ PLI_INTERVAL_S = 0.3
 VIEWER_QUEUE = 90
 #: Video codecs the gateway takes, best first: H.264 needs no re-encoding for HLS.
 VIDEO_CODECS = ("video/H264", "video/VP8")
+#: The kernel receive buffer asked for each publisher's UDP sockets: a publisher that does not
+#: pace sends a keyframe in one burst (a 1080p one at 6 Mbit/s: some 450 KB, 360 packets, about
+#: 800 KB of kernel buffer), which must wait there until the event loop reads it.
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+#: What the gateway sends each viewer is paced at this rate (bit/s), in bursts of at most
+#: PACING_BURST_BYTES: a frame is forwarded whole, so without pacing a keyframe leaves as one
+#: burst however evenly the publisher sent it, and a viewer's path drops what it cannot queue
+#: (aiortc's own receiver lost 1080p keyframes so). Fixed, as the gateway estimates no viewer's
+#: bandwidth: about 2.5 times OBS's highest bitrates (libwebrtc paces at 2.5 times its target),
+#: so a 6 Mbit/s stream averages 30% of it, and a 450 KB keyframe leaves in 180 ms.
+PACING_BPS = 20_000_000
+PACING_BURST_BYTES = 16 * 1024
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -143,6 +159,73 @@ def forward(track: MediaStreamTrack) -> None:
     returns ``(codec name, av.Packet)`` pairs."""
     with _FORWARDED_LOCK:
         _FORWARDED.add(track._queue)  # type: ignore[attr-defined]
+
+
+# -- UDP at real bitrates ------------------------------------------------------------------
+
+_warned_buffer = False
+
+
+def enlarge_receive_buffers(pc: RTCPeerConnection) -> None:
+    """Ask for RECEIVE_BUFFER_BYTES of kernel receive buffer on ``pc``'s ICE sockets (created
+    while the answer was made). aioice asks for 256 KiB (512 KiB once the kernel has doubled it
+    for its bookkeeping): a 1080p keyframe at 6 Mbit/s sent in one burst, some 360 packets, did
+    not fit, and the keyframe was lost with its whole GOP, for HLS and every viewer (the
+    publisher is not asked to resend what it sent more than 128 packets ago). The kernel caps
+    the request at ``net.core.rmem_max``; where that is too low, say so once."""
+    global _warned_buffer
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        for protocol in getattr(connection, "_protocols", []):
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+                got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            except OSError:
+                continue
+            if got < RECEIVE_BUFFER_BYTES and not _warned_buffer:
+                _warned_buffer = True
+                log.warning("UDP receive buffer capped by the kernel: raise net.core.rmem_max"
+                            " (sysctl) to %d, or large keyframes may be lost",
+                            RECEIVE_BUFFER_BYTES, extra={"receive_buffer": got})
+
+
+class Pacer:
+    """Sends RTP no faster than PACING_BPS, in bursts of at most PACING_BURST_BYTES: each packet
+    is given the next slot on a virtual clock and waits for it (the sender's loop awaits the
+    send, so a keyframe's packets leave over some milliseconds instead of at once)."""
+
+    def __init__(self, send: Callable[[bytes], Any], rate_bps: int = PACING_BPS,
+                 burst_bytes: int = PACING_BURST_BYTES, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self._send = send
+        self._bytes_per_s = rate_bps / 8
+        self._burst_s = burst_bytes / self._bytes_per_s
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")  # when the next packet may leave, on ``clock``
+
+    async def send(self, data: bytes) -> None:
+        now = self._clock()
+        start = max(self._next, now - self._burst_s)  # idle time earns one burst, no more
+        self._next = start + len(data) / self._bytes_per_s
+        if start > now:
+            await self._sleep(start - now)
+        await self._send(data)
+
+
+def pace(pc: RTCPeerConnection) -> None:
+    """Pace the RTP ``pc``'s senders send (see :class:`Pacer`): each sender calls its DTLS
+    transport's ``_send_rtp`` and awaits it, for media and retransmissions alike."""
+    transports = {id(t.sender.transport): t.sender.transport for t in pc.getTransceivers()
+                  if t.sender.transport is not None}
+    for dtls in transports.values():
+        dtls._send_rtp = Pacer(dtls._send_rtp).send  # type: ignore[method-assign]
 
 
 # -- fan-out -------------------------------------------------------------------------------
@@ -393,6 +476,7 @@ class MediaHub:
 
         self._watch_connection(session)
         answer = await self._answer(pc, offer_sdp)
+        enlarge_receive_buffers(pc)
         # Known from the answer, before any frame: a viewer joining at once gets this codec.
         broadcast.video_codec = answer_video_codec(answer) or broadcast.video_codec
         broadcast.audio = "audio" in offer.kinds
@@ -488,6 +572,7 @@ class MediaHub:
         except BaseException:
             broadcast.viewers.pop(session.id, None)
             raise
+        pace(pc)
         self.sessions[session.id] = session
         return session, answer
 
