@@ -357,10 +357,14 @@ class PostgresStreams:
                          started_before: dt.datetime, limit: int = 500) -> list[StreamId]:
         """End the live streams whose media lease ended before ``lease_before``: no node holds
         their publisher (a stream never leased counts from its start). Atomic per row, so
-        several sweepers end each stream once; the ids of those this call ended."""
+        several sweepers end each stream once; the ids of those this call ended. As in
+        :meth:`_end`, the end is dated no earlier than the stream's gifts: a row that a gift
+        batch holds is skipped (a later pass ends it), and a gift committed before this
+        statement may have read the clock after ``now`` was read."""
         rows = await self._pool.fetch(
             """
-            UPDATE streams SET state = 'ended', ended_at = $1
+            UPDATE streams SET state = 'ended', ended_at = greatest($1::timestamptz,
+                (SELECT max(created_at) FROM gifts WHERE gifts.stream_id = streams.id))
             WHERE id IN (
                 SELECT id FROM streams
                 WHERE state = 'live'

@@ -248,6 +248,28 @@ async def test_a_gift_committed_before_the_end_is_not_dated_after_it(economy, se
     assert ended.ended_at is not None and outcome.created_at <= ended.ended_at
 
 
+async def test_a_stream_ended_by_the_lapsed_lease_sweep_is_not_dated_before_its_gifts(
+        economy, services, monkeypatch):
+    """The sweep that ends streams whose node died (gateway/media.py) follows the same rule
+    as an end through the API: a gift committed before the sweep is not dated after it."""
+    monkeypatch.setattr(services.gifts.projection, "combo_window_s", 1.0)
+    room = StreamId(uuid.UUID(economy["stream"]))
+    viewer = await services.accounts.get(uuid.UUID(economy["viewer_id"]))
+    sweep_read_at = dt.datetime.now(dt.UTC)
+    outcome, _ = await services.gifts.send(viewer, _request(str(room)))
+    assert outcome.created_at > sweep_read_at
+    # This stream's node died long ago; no other stream's lease is that old.
+    long_ago = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    await services.pool.execute("UPDATE streams SET media_lease_until = $2 WHERE id = $1",
+                                room, long_ago)
+    ended = await services.streams.end_lapsed(
+        sweep_read_at, lease_before=long_ago + dt.timedelta(seconds=1),
+        started_before=long_ago)
+    assert ended == [room]
+    stream = await services.streams.get(room)
+    assert stream.ended_at is not None and outcome.created_at <= stream.ended_at
+
+
 async def test_concurrent_gifts_and_an_end_agree_with_commit_order(node, economy, services,
                                                                    monkeypatch):
     """Gifts racing the end of their stream: each is either committed (and dated no later
